@@ -1,0 +1,1 @@
+"""The system area: health, info, metrics, environment, and the auth endpoints."""

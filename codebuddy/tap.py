@@ -1,0 +1,204 @@
+"""
+``twistd codebuddy``: the options and the composition root.
+
+This is the only module that wires the daemon together: it reads the configuration,
+builds each area's domain objects and routes, mounts them under one ``Site`` and hands
+twistd a ``MultiService``. Nothing below it imports the global reactor.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from codebuddy import __version__
+from codebuddy.config import AUTH_PASSWORD, Config, ConfigError, ensure_home, gateway_password
+from codebuddy.system.info import SystemInfo
+from codebuddy.system.routes import SystemRoutes
+from codebuddy.web.auth import RequestGuard
+from codebuddy.web.openapi import DocsResource, OpenAPIResource, build_openapi
+from codebuddy.web.root import build_root
+from codebuddy.web.server import CodeBuddySite, HTTPService, ListenError
+
+log = Logger(namespace="codebuddy")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the CodeBuddy Code HTTP API (REST under /api/v1, docs at /api/docs). "
+        "A bare --port binds 127.0.0.1; binding any other address turns password auth on. "
+        "Environment: CODEBUDDY_GATEWAY_AUTH, CODEBUDDY_GATEWAY_PASSWORD, CODEBUDDY_CONFIG_DIR, "
+        "CODEBUDDY_CODE_CORS_ORIGINS, CODEBUDDY_RATE_LIMIT_RPS."
+    )
+    optParameters = [
+        [
+            "port",
+            "p",
+            "8080",
+            "Port to listen on (bound to 127.0.0.1, or to --host) or a Twisted endpoint "
+            "description such as tcp:8080:interface=0.0.0.0, unix:/run/codebuddy.sock or "
+            "systemd:domain=INET:index=0.",
+        ],
+        ["host", None, None, "Interface for a bare --port (default 127.0.0.1; 0.0.0.0 enables auth)."],
+        ["session-id", None, None, "Id of the daemon's current session (default: a new UUID)."],
+        ["cwd", None, None, "Workspace directory; relative paths resolve against it (default: the current directory)."],
+        ["home", None, None, "State directory (default: $CODEBUDDY_CONFIG_DIR or ~/.codebuddy)."],
+        [
+            "auth",
+            None,
+            None,
+            "Auth mode: none or password (default: $CODEBUDDY_GATEWAY_AUTH, else password "
+            "when bound beyond loopback, else none).",
+        ],
+        [
+            "password",
+            None,
+            None,
+            "Gateway password (prefer $CODEBUDDY_GATEWAY_PASSWORD: arguments are visible in ps). "
+            "Generated and stored in <home>/gateway-password when needed and not given.",
+        ],
+        [
+            "access-log",
+            None,
+            "none",
+            "Access log: none (default), '-' for the daemon log, or a file path. "
+            "Passwords and tokens in URLs are redacted.",
+        ],
+    ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as exc:
+            raise SystemExit(f"twistd codebuddy: {exc} (see 'twistd codebuddy --help')") from None
+
+    def postOptions(self) -> None:
+        auth = self["auth"]
+        if auth is not None and auth not in ("none", "password"):
+            raise usage.UsageError(f"--auth must be 'none' or 'password', not {auth!r}")
+        try:
+            self.config = Config.build(self)
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+    def opt_version(self) -> None:
+        """Print the codebuddy version and exit."""
+        print(f"codebuddy {__version__}")
+        sys.exit(0)
+
+
+class DaemonService(MultiService):
+    """The daemon: a MultiService whose listen failure ends start-up with one line."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ListenError as exc:
+            raise SystemExit(f"codebuddy: {exc}") from None
+
+
+def makeService(options: Mapping[str, Any], reactor: Any = None, environ: Mapping[str, str] | None = None) -> IService:
+    """Build the daemon from parsed options (twistd's entry point)."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    config: Config = getattr(options, "config", None) or Config.build(options, environ)
+    return build_daemon(config, reactor, os.environ if environ is None else environ)
+
+
+def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> DaemonService:
+    """Wire every area for ``config``."""
+    ensure_home(config.home)
+    gateway = config.gateway
+    if config.auth_mode == AUTH_PASSWORD:
+        password, generated = gateway_password(config)
+        gateway = type(gateway)(**{**_fields(gateway), "password": password})
+        if generated:
+            log.warn(
+                "Generated a gateway password: {password} (stored in {path}; set "
+                "CODEBUDDY_GATEWAY_PASSWORD to choose one)",
+                password=password,
+                path=str(config.home / "gateway-password"),
+            )
+    elif not config.loopback_only:
+        log.warn("Auth is off but the daemon listens beyond loopback ({endpoint})", endpoint=config.endpoint)
+    guard = RequestGuard(reactor, gateway)
+    daemon = DaemonService()
+
+    http_service: HTTPService | None = None
+
+    def endpoint_url() -> str:
+        return http_service.url if http_service is not None else config.endpoint
+
+    system = SystemInfo(
+        reactor,
+        workspace=str(config.workspace),
+        home=str(config.home),
+        session_id=config.session_id,
+        auth_mode=lambda: guard.settings.mode,
+        endpoint=endpoint_url,
+        environ=environ,
+        started_at=config.started_at,
+    )
+    areas = [SystemRoutes(system, guard)]
+    openapi: dict[str, Any] = {}
+    root, v1 = build_root(
+        guard,
+        areas,
+        extra={b"docs": DocsResource()},
+        index={"name": "codebuddy", "version": __version__, "docs": "/api/docs", "openapi": "/api/openapi.json"},
+    )
+    openapi = build_openapi(
+        [spec for spec, _area in v1.routes],
+        title="CodeBuddy Code HTTP API",
+        version=__version__,
+        description="REST under /api/v1. Success bodies are {\"data\": ...}; errors are "
+        "{\"error\": {\"code\", \"message\", \"details\"?}}.",
+    )
+    root.children[b"api"].putChild(b"openapi.json", OpenAPIResource(openapi))  # type: ignore[attr-defined]
+    site = CodeBuddySite(root, access_log=config.access_log)
+    try:
+        endpoint = serverFromString(reactor, config.endpoint)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise SystemExit(f"codebuddy: bad endpoint {config.endpoint!r}: {exc or type(exc).__name__}") from None
+
+    def on_listening(port: IListeningPort) -> None:
+        host = port.getHost()
+        address = getattr(host, "host", None)
+        if address:
+            guard.add_local_host(address)
+        import socket
+
+        guard.add_local_host(socket.gethostname())
+        guard.add_local_host(socket.getfqdn())
+        log.info(
+            "codebuddy {version}: workspace {workspace}, home {home}, session {session}, auth {mode}",
+            version=__version__,
+            workspace=str(config.workspace),
+            home=str(config.home),
+            session=config.session_id,
+            mode=guard.settings.mode,
+        )
+
+    http_service = HTTPService(endpoint, site, config.endpoint, on_listening=on_listening)
+    http_service.setServiceParent(daemon)
+    daemon.guard = guard  # type: ignore[attr-defined]
+    daemon.http = http_service  # type: ignore[attr-defined]
+    daemon.site = site  # type: ignore[attr-defined]
+    return daemon
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(instance, recurse=False)

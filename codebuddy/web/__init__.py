@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every area: envelope, errors, auth guard, SSE, OpenAPI."""

@@ -1,0 +1,529 @@
+"""
+JSON in and out: one cattrs converter, the envelope, ``read_json`` and ``json_route``.
+
+Every attrs model crosses the wire through :data:`converter`, which renames snake_case
+attributes to the spec's camelCase (``run_id`` -> ``runId``) and refuses wrong types
+instead of coercing them (``{"path": 5}`` is a 400, not the path ``"5"``).
+
+Handlers are declared with :func:`json_route`, which registers them with the area's
+Klein app *and* records a :class:`RouteSpec` (models, status, error codes) from which
+``/api/openapi.json`` is generated. A handler receives typed arguments and returns a
+model; the wrapper does parsing, authentication, serialisation and error mapping.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable, Mapping
+from inspect import iscoroutine
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
+
+from codebuddy.web.errors import ApiError
+
+T = TypeVar("T")
+
+log = Logger(namespace="codebuddy.web")
+
+JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
+DEFAULT_MAX_BODY = 1024 * 1024
+
+# --------------------------------------------------------------------------- names
+
+
+_CAMEL_RE = re.compile(r"_([a-z0-9])")
+
+
+def to_camel(name: str) -> str:
+    """``modified_time`` -> ``modifiedTime`` (a leading underscore is dropped)."""
+    return _CAMEL_RE.sub(lambda m: m.group(1).upper(), name.lstrip("_"))
+
+
+def wire_name(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+    """The JSON name of an attrs field: ``metadata={"wire": ...}`` or its camelCase name."""
+    return str(field.metadata.get("wire") or to_camel(field.name))
+
+
+# --------------------------------------------------------------------------- converter
+
+
+def _strict(expected: type, name: str) -> Callable[[Any, type], Any]:
+    def structure(value: Any, _type: type) -> Any:
+        if isinstance(value, bool) and expected is not bool:
+            raise ValueError(f"expected {name}, got a boolean")
+        if expected is float and isinstance(value, int):
+            return float(value)
+        if not isinstance(value, expected):
+            raise ValueError(f"expected {name}, got {_json_type(value)}")
+        return value
+
+    return structure
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    conv.register_structure_hook(str, _strict(str, "a string"))
+    conv.register_structure_hook(int, _strict(int, "an integer"))
+    conv.register_structure_hook(float, _strict(float, "a number"))
+    conv.register_structure_hook(bool, _strict(bool, "a boolean"))
+    conv.register_structure_hook(Any, lambda v, _t: v)
+
+    def structure_factory(cls: type) -> Callable[[Any, type], Any]:
+        overrides = {a.name: override(rename=wire_name(a)) for a in attrs.fields(cls)}
+        fn = make_dict_structure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+
+        def structure(value: Any, type_: type) -> Any:
+            if not isinstance(value, Mapping):
+                raise ValueError(f"expected an object, got {_json_type(value)}")
+            return fn(value, type_)
+
+        return structure
+
+    def unstructure_factory(cls: type) -> Callable[[Any], Any]:
+        overrides = {
+            a.name: override(rename=wire_name(a), omit_if_default=bool(a.metadata.get("omit_if_default")))
+            for a in attrs.fields(cls)
+        }
+        return make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+
+    conv.register_structure_hook_factory(attrs.has, structure_factory)
+    conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
+    conv.register_unstructure_hook(enum.Enum, lambda e: e.value)
+    return conv
+
+
+converter = _make_converter()
+
+
+def omit_if_default() -> dict[str, bool]:
+    """Field metadata: leave the field out of JSON when it has its default value."""
+    return {"omit_if_default": True}
+
+
+# --------------------------------------------------------------------------- encoding
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON of an already unstructured value."""
+    return _encoder.encode(value).encode("utf-8")
+
+
+def unstructure(value: Any) -> Any:
+    """Plain JSON-able value of a model (or of plain data, returned as it is)."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return converter.unstructure(value)
+
+
+def envelope(data: Any) -> bytes:
+    """``{"data": ...}`` as bytes."""
+    return dumps({"data": unstructure(data)})
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _camel_path(path: list[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + to_camel(part) if not part.startswith("[") else part
+    return out
+
+
+def validation_details(exc: BaseException) -> list[dict[str, str]]:
+    """Turn a cattrs error tree into ``[{"field": "process.cmd", "message": ...}]``."""
+    found: list[dict[str, str]] = []
+
+    def walk(e: BaseException, path: list[str | int]) -> None:
+        if isinstance(e, (ClassValidationError, IterableValidationError)):
+            with_notes, without_notes = e.group_exceptions()
+            for sub, note in with_notes:
+                step = getattr(note, "name", None) if isinstance(e, ClassValidationError) else note.index
+                walk(sub, path + ([step] if step is not None else []))
+            for sub in without_notes:
+                walk(sub, path)
+        elif isinstance(e, KeyError):
+            found.append({"field": _camel_path(path), "message": "required field missing"})
+        elif isinstance(e, ForbiddenExtraKeysError):
+            for key in sorted(e.extra_fields):
+                found.append({"field": _camel_path(path + [key]), "message": "unknown field"})
+        else:
+            message = str(e) or type(e).__name__
+            found.append({"field": _camel_path(path), "message": message})
+
+    walk(exc, [])
+    return found
+
+
+def structure(data: Any, model: type[T]) -> T:
+    """Structure plain data into ``model`` or raise a 400 ``BAD_REQUEST`` naming the fields."""
+    try:
+        return converter.structure(data, model)
+    except (ClassValidationError, IterableValidationError, ValueError, TypeError, KeyError) as exc:
+        details = validation_details(exc)
+        first = details[0] if details else {"field": "", "message": str(exc)}
+        where = f" at '{first['field']}'" if first["field"] else ""
+        raise ApiError("BAD_REQUEST", f"Invalid request body{where}: {first['message']}", details) from None
+
+
+def _media_type(request: Any) -> bytes:
+    raw = request.getHeader(b"content-type")
+    if raw is None:
+        return b""
+    return raw.split(b";", 1)[0].strip().lower()
+
+
+def read_body(request: Any, max_bytes: int = DEFAULT_MAX_BODY) -> bytes:
+    """The request body, or 413 ``PAYLOAD_TOO_LARGE`` when it exceeds ``max_bytes``."""
+    content = request.content
+    if getattr(content, "overflowed", False):
+        raise ApiError("PAYLOAD_TOO_LARGE", f"Request body exceeds {content.limit} bytes")
+    content.seek(0, 2)
+    size = content.tell()
+    if size > max_bytes:
+        raise ApiError("PAYLOAD_TOO_LARGE", f"Request body exceeds {max_bytes} bytes")
+    content.seek(0)
+    data: bytes = content.read()
+    return data
+
+
+def read_json(request: Any, model: type[T], max_bytes: int = DEFAULT_MAX_BODY) -> T:
+    """
+    Parse the JSON body of ``request`` into ``model``.
+
+    Wrong content type -> 415, too big -> 413, unparseable or wrong shape -> 400
+    ``BAD_REQUEST`` with the offending field paths in ``details``. An empty body
+    counts as ``{}`` so that endpoints whose fields are all optional accept a bare POST.
+    """
+    media = _media_type(request)
+    raw = read_body(request, max_bytes)
+    if raw.strip() and media and media != b"application/json" and not media.endswith(b"+json"):
+        raise ApiError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Expected Content-Type application/json, got {media.decode('latin-1')}",
+        )
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ApiError("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
+    return structure(data, model)
+
+
+def read_query(request: Any, model: type[T]) -> T:
+    """
+    Parse the query string into ``model``: each field takes the first value of its
+    camelCase (or snake_case) name, coerced to the field's type (int, float, bool, str).
+    """
+    values: dict[str, Any] = {}
+    for field in attrs.fields(model):  # type: ignore[arg-type]
+        name = wire_name(field)
+        raw = request.args.get(name.encode()) or request.args.get(field.name.encode())
+        if not raw:
+            continue
+        text = raw[0].decode("utf-8", "replace")
+        values[name] = _coerce_query(text, field.type, name)
+    return structure(values, model)
+
+
+def _coerce_query(text: str, annotation: Any, name: str) -> Any:
+    kinds = {annotation} if isinstance(annotation, type) else set(getattr(annotation, "__args__", ()))
+    kinds.discard(type(None))
+    try:
+        if bool in kinds:
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"expected a boolean, got {text!r}")
+        if int in kinds:
+            return int(text)
+        if float in kinds:
+            return float(text)
+    except ValueError:
+        raise ApiError(
+            "BAD_REQUEST",
+            f"Invalid query parameter '{name}': {text!r}",
+            [{"field": name, "message": f"invalid value {text!r}"}],
+        ) from None
+    return text
+
+
+# --------------------------------------------------------------------------- results
+
+
+@attrs.frozen
+class Result:
+    """A handler result with an explicit status and extra headers."""
+
+    data: Any
+    status: int = 200
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+def created(data: Any) -> Result:
+    return Result(data, 201)
+
+
+def accepted(data: Any) -> Result:
+    return Result(data, 202)
+
+
+class _NoContent:
+    def __repr__(self) -> str:
+        return "NO_CONTENT"
+
+
+NO_CONTENT: Any = _NoContent()
+"""Return this for a 204 with an empty body."""
+
+RESPONSE_WRITTEN: Any = NOT_DONE_YET
+"""Return (or fire a Deferred with) this when the handler wrote the response itself
+(streams): the wrapper then only makes sure the request is finished."""
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@attrs.frozen
+class RouteSpec:
+    """Everything known about one route: what the dispatcher and OpenAPI need."""
+
+    method: str
+    path: str
+    name: str
+    summary: str
+    description: str
+    body: type | None
+    query: type | None
+    response: Any
+    status: int
+    errors: tuple[str, ...]
+    public: bool
+    top_level: bool
+    stream: bool
+    max_body: int
+    tags: tuple[str, ...]
+    deprecated: bool
+    raw_response: bool
+    handler: Callable[..., Any] = attrs.field(eq=False, repr=False)
+
+    @property
+    def static(self) -> bool:
+        """True when the path has no ``<variable>`` part."""
+        return "<" not in self.path
+
+    @property
+    def openapi_path(self) -> str:
+        """``/pty/<id>`` -> ``/pty/{id}`` (converters such as ``<path:p>`` dropped)."""
+        return re.sub(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>", r"{\1}", self.path)
+
+
+ROUTES_ATTRIBUTE = "__codebuddy_routes__"
+
+
+def json_route(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    summary: str = "",
+    description: str = "",
+    body: type | None = None,
+    query: type | None = None,
+    response: Any = None,
+    status: int = 200,
+    errors: tuple[str, ...] = (),
+    public: bool = False,
+    top_level: bool = False,
+    stream: bool = False,
+    raw_response: bool = False,
+    max_body: int = DEFAULT_MAX_BODY,
+    tags: tuple[str, ...] = (),
+    deprecated: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """
+    Declare a JSON route on ``app`` (an area's class-level ``Klein()``).
+
+    The handler is called as ``handler(self, request, **path_args[, body=...][, query=...])``
+    and returns a model (enveloped as ``{"data": ...}``), a :class:`Result`, ``NO_CONTENT``,
+    ``RESPONSE_WRITTEN`` for streams, or a Deferred/coroutine of one of those.
+    ``top_level=True`` mirrors the result's fields at the top level beside ``data``
+    (for clients that read them there, ARCHITECTURE.md §5). ``public=True`` skips
+    authentication.
+    """
+    method = method.upper()
+
+    def decorator(handler: Callable[..., Any]) -> Callable[..., Any]:
+        name = f"{handler.__qualname__}.{method.lower()}"
+        doc = (handler.__doc__ or "").strip()
+        spec = RouteSpec(
+            method=method,
+            path=path,
+            name=name,
+            summary=summary or (doc.splitlines()[0] if doc else handler.__name__),
+            description=description or doc,
+            body=body,
+            query=query,
+            response=response,
+            status=status,
+            errors=tuple(errors),
+            public=public,
+            top_level=top_level,
+            stream=stream,
+            max_body=max_body,
+            tags=tags,
+            deprecated=deprecated,
+            raw_response=raw_response,
+            handler=handler,
+        )
+
+        def endpoint(instance: Any, request: Any, **kwargs: Any) -> Any:
+            return call_route(spec, instance, request, kwargs)
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__qualname__ = handler.__qualname__
+        endpoint.__doc__ = handler.__doc__
+        setattr(endpoint, ROUTE_SPEC_ATTRIBUTE, spec)
+        app.route(path, methods=[method], endpoint=name)(endpoint)
+        registry = app.__dict__.setdefault(ROUTES_ATTRIBUTE, [])
+        registry.append(spec)
+        return endpoint
+
+    return decorator
+
+
+ROUTE_SPEC_ATTRIBUTE = "__codebuddy_route_spec__"
+
+
+def routes_of(app: Any) -> list[RouteSpec]:
+    """The routes declared on a Klein app with :func:`json_route`."""
+    return list(app.__dict__.get(ROUTES_ATTRIBUTE, ()))
+
+
+def call_route(spec: RouteSpec, instance: Any, request: Any, kwargs: dict[str, Any]) -> Any:
+    """
+    Run one route: authenticate, parse, call, serialise. Returns bytes (status and
+    headers already set on ``request``) or a Deferred firing with bytes or
+    ``NOT_DONE_YET``. Never raises.
+    """
+    try:
+        if not spec.public:
+            guard = getattr(request, "guard", None)
+            if guard is not None:
+                guard.authenticate(request)
+        if spec.body is not None:
+            kwargs["body"] = read_json(request, spec.body, spec.max_body)
+        if spec.query is not None:
+            kwargs["query"] = read_query(request, spec.query)
+        result = spec.handler(instance, request, **kwargs)
+    except ApiError as err:
+        return render_error(request, err)
+    except Exception:
+        return render_failure(request, Failure())
+    if iscoroutine(result):
+        result = ensureDeferred(result)
+    if isinstance(result, Deferred):
+        return result.addCallbacks(
+            lambda value: render_result(request, spec, value),
+            lambda failure: render_failure(request, failure),
+        )
+    return render_result(request, spec, result)
+
+
+def render_result(request: Any, spec: RouteSpec, result: Any) -> Any:
+    """Serialise a handler's result onto ``request``; returns the body bytes."""
+    if result is NOT_DONE_YET:
+        return NOT_DONE_YET
+    status = spec.status
+    if isinstance(result, Result):
+        status = result.status
+        for key, value in result.headers.items():
+            request.setHeader(key.encode(), value.encode())
+        result = result.data
+    if result is NO_CONTENT:
+        request.setResponseCode(204)
+        return b""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", JSON_CONTENT_TYPE)
+    data = unstructure(result)
+    if spec.raw_response:
+        return dumps(data)
+    if spec.top_level and isinstance(data, dict):
+        return dumps({**data, "data": data})
+    return dumps({"data": data})
+
+
+def render_error(request: Any, err: ApiError) -> bytes:
+    """Write an :class:`ApiError` as the error envelope."""
+    request.setResponseCode(err.status)
+    request.setHeader(b"content-type", JSON_CONTENT_TYPE)
+    for key, value in err.headers.items():
+        request.setHeader(key.encode(), value.encode())
+    return dumps(err.to_json())
+
+
+def render_failure(request: Any, failure: Failure) -> Any:
+    """Map a Failure to a response: ApiError as it is, anything else a logged 500."""
+    if failure.check(ApiError):
+        return render_error(request, failure.value)  # type: ignore[arg-type]
+    from twisted.internet.defer import CancelledError
+
+    if failure.check(CancelledError):
+        # The client went away; nothing can be written.
+        return NOT_DONE_YET
+    return render_error(request, internal_error(request, failure))
+
+
+def internal_error(request: Any, failure: Failure) -> ApiError:
+    """Log ``failure`` with a fresh incident id and return the 500 that names only the id."""
+    import uuid
+
+    incident = uuid.uuid4().hex[:12]
+    uri = getattr(request, "path", b"?")
+    log.failure(
+        "Unhandled error (incident {incident}) answering {method} {path}",
+        failure,
+        incident=incident,
+        method=getattr(request, "method", b"?").decode("latin-1"),
+        path=uri.decode("latin-1", "replace"),
+    )
+    return ApiError(
+        "INTERNAL_ERROR",
+        f"Internal server error (incident {incident})",
+        {"incident": incident},
+    )
