@@ -50,11 +50,20 @@ class ApiFixture:
         """Make a request and return (response, body bytes), flushing until done."""
         url = path if path.startswith("http") else "http://127.0.0.1:8080" + path
         d = self.treq.request(method, url, **kwargs)
-        self.treq.flush()
+        self._pump(d)
         response = _result(d)
         body_d = treq.content(response)
-        self.treq.flush()
+        self._pump(body_d)
         return response, _result(body_d)
+
+    def _pump(self, d: Any, rounds: int = 10_000) -> None:
+        """Flush the in-memory connection until ``d`` fires (producers write in rounds)."""
+        fired: list[bool] = []
+        d.addBoth(lambda r: (fired.append(True), r)[1])
+        for _ in range(rounds):
+            self.treq.flush()
+            if fired:
+                return
 
     def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
         """(status, parsed JSON body, response) of a request."""

@@ -19,7 +19,6 @@ from typing import Any, Literal, Union
 
 import attrs
 from twisted.web.resource import IResource, Resource
-from twisted.web.static import File
 
 from codebuddy.web.errors import CATALOGUE
 from codebuddy.web.json import JSON_CONTENT_TYPE, RouteSpec, dumps, wire_name
@@ -284,16 +283,13 @@ DOCS_INIT = b"""window.onload = function () {
 };
 """
 
-_DOC_ASSETS = (
-    "swagger-ui.css",
-    "swagger-ui.css.map",
-    "swagger-ui-bundle.js",
-    "swagger-ui-bundle.js.map",
-    "swagger-ui-standalone-preset.js",
-    "swagger-ui-standalone-preset.js.map",
-    "favicon-16x16.png",
-    "favicon-32x32.png",
-)
+_DOC_ASSETS = {
+    "swagger-ui.css": b"text/css; charset=utf-8",
+    "swagger-ui-bundle.js": b"text/javascript; charset=utf-8",
+    "swagger-ui-standalone-preset.js": b"text/javascript; charset=utf-8",
+    "favicon-16x16.png": b"image/png",
+    "favicon-32x32.png": b"image/png",
+}
 
 
 def swagger_ui_dir() -> Path:
@@ -317,15 +313,33 @@ class _Bytes(Resource):
     render_HEAD = render_GET
 
 
+class _Asset(Resource):
+    """A file of the Swagger UI package, read when asked (nothing kept in memory)."""
+
+    isLeaf = True
+
+    def __init__(self, path: Path, content_type: bytes):
+        super().__init__()
+        self.path = path
+        self.content_type = content_type
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", self.content_type)
+        request.setHeader(b"cache-control", b"public, max-age=86400")
+        return self.path.read_bytes()
+
+    render_HEAD = render_GET
+
+
 class DocsResource(Resource):
     """``/api/docs``: Swagger UI from the ``swagger-ui-bundle`` package, offline."""
 
     def __init__(self, assets: Path | None = None):
         super().__init__()
         folder = assets or swagger_ui_dir()
-        for name in _DOC_ASSETS:
+        for name, content_type in _DOC_ASSETS.items():
             if (folder / name).is_file():
-                self.putChild(name.encode(), File(str(folder / name), defaultType="application/octet-stream"))
+                self.putChild(name.encode(), _Asset(folder / name, content_type))
         self.putChild(b"codebuddy-init.js", _Bytes(DOCS_INIT, b"text/javascript; charset=utf-8"))
         self.page = _Bytes(DOCS_PAGE, b"text/html; charset=utf-8")
         self.putChild(b"", self.page)

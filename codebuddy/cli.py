@@ -1,0 +1,63 @@
+"""
+The ``codebuddy`` console command.
+
+``codebuddy serve [options]`` (or ``codebuddy --serve [options]``, the spec's spelling) runs
+the daemon in the foreground: it replaces itself with ``twistd -n --pidfile= codebuddy
+[options]``, so signals and exit codes are twistd's. Options are those of
+``twistd codebuddy --help``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from codebuddy import __version__
+
+USAGE = """\
+usage: codebuddy serve [--port PORT] [--host HOST] [--session-id ID] [--cwd DIR]
+                       [--home DIR] [--auth none|password] [--access-log none|-|PATH]
+       codebuddy --serve [same options]
+       codebuddy --version
+
+Runs the CodeBuddy Code HTTP API daemon in the foreground (twistd -n codebuddy).
+See 'twistd codebuddy --help' for every option.
+"""
+
+
+def twistd_path() -> str:
+    """The ``twistd`` of this Python environment (beside the interpreter), else from PATH."""
+    beside = Path(sys.executable).with_name("twistd")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("twistd")
+    if found is None:
+        raise SystemExit("codebuddy: twistd not found; is Twisted installed in this environment?")
+    return found
+
+
+def serve_argv(options: Sequence[str]) -> list[str]:
+    """The twistd command line that serves with ``options``."""
+    return [twistd_path(), "--nodaemon", "--pidfile=", "codebuddy", *options]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if args else 2
+    if args[0] in ("--version", "version"):
+        print(f"codebuddy {__version__}")
+        return 0
+    if args[0] in ("serve", "--serve"):
+        command = serve_argv(args[1:])
+        os.execv(command[0], command)
+    sys.stderr.write(f"codebuddy: unknown command {args[0]!r}\n\n{USAGE}")
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
