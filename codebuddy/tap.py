@@ -9,10 +9,12 @@ twistd a ``MultiService``. Nothing below it imports the global reactor.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -122,7 +124,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     gateway = config.gateway
     if config.auth_mode == AUTH_PASSWORD:
         password, generated = gateway_password(config)
-        gateway = type(gateway)(**{**_fields(gateway), "password": password})
+        gateway = attrs.evolve(gateway, password=password)
         if generated:
             log.warn(
                 "Generated a gateway password: {password} (stored in {path}; set "
@@ -151,7 +153,6 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         started_at=config.started_at,
     )
     areas = [SystemRoutes(system, guard)]
-    openapi: dict[str, Any] = {}
     root, v1 = build_root(
         guard,
         areas,
@@ -177,8 +178,6 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         address = getattr(host, "host", None)
         if address:
             guard.add_local_host(address)
-        import socket
-
         guard.add_local_host(socket.gethostname())
         guard.add_local_host(socket.getfqdn())
         log.info(
@@ -197,8 +196,3 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     daemon.site = site  # type: ignore[attr-defined]
     return daemon
 
-
-def _fields(instance: Any) -> dict[str, Any]:
-    import attrs
-
-    return attrs.asdict(instance, recurse=False)

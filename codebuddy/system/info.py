@@ -32,7 +32,9 @@ MIB = 1024 * 1024
 
 # Variables the daemon reads for itself and its children must not see or leak.
 _SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIAL)", re.I)
-_DAEMON_PLUMBING = frozenset({"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"})
+_DAEMON_PLUMBING = frozenset(
+    {"NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
+)
 
 
 def child_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from inspect import iscoroutine
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
@@ -501,8 +502,6 @@ def render_failure(request: Any, failure: Failure) -> Any:
     """Map a Failure to a response: ApiError as it is, anything else a logged 500."""
     if failure.check(ApiError):
         return render_error(request, failure.value)  # type: ignore[arg-type]
-    from twisted.internet.defer import CancelledError
-
     if failure.check(CancelledError):
         # The client went away; nothing can be written.
         return NOT_DONE_YET
@@ -511,8 +510,6 @@ def render_failure(request: Any, failure: Failure) -> Any:
 
 def internal_error(request: Any, failure: Failure) -> ApiError:
     """Log ``failure`` with a fresh incident id and return the 500 that names only the id."""
-    import uuid
-
     incident = uuid.uuid4().hex[:12]
     uri = getattr(request, "path", b"?")
     log.failure(

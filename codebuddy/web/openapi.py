@@ -11,6 +11,7 @@ The docs page and its assets are served from the pip package: no external URL.
 from __future__ import annotations
 
 import enum
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +23,7 @@ from twisted.web.resource import IResource, Resource
 
 from codebuddy.web.errors import CATALOGUE
 from codebuddy.web.json import JSON_CONTENT_TYPE, RouteSpec, dumps, wire_name
+from codebuddy.web.root import ErrorPage, not_found
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -231,8 +233,6 @@ def build_openapi(routes: Iterable[RouteSpec], title: str, version: str, descrip
 
 
 def _path_params(path: str) -> list[str]:
-    import re
-
     return re.findall(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>", path)
 
 
@@ -351,8 +351,4 @@ class DocsResource(Resource):
     render_HEAD = render_GET
 
     def getChild(self, path: bytes, request: Any) -> IResource:
-        from codebuddy.web.errors import ApiError
-        from codebuddy.web.root import ErrorPage, not_found
-
-        error: ApiError = not_found(request)
-        return ErrorPage(error)
+        return ErrorPage(not_found(request))

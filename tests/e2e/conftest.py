@@ -47,7 +47,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout)
-            raise AssertionError("the daemon did not stop within the timeout after SIGTERM")
+            raise AssertionError("the daemon did not stop within the timeout after SIGTERM") from None
         return self.process.returncode
 
     def read_output(self) -> str:

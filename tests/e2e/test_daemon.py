@@ -197,7 +197,13 @@ def test_port_in_use(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--auth", "maybe"], ["--port", "nonsense"], ["--cwd", "/no/such/dir"], ["--no-such-option"], ["--port", "bogus:1"]],
+    [
+        ["--auth", "maybe"],
+        ["--port", "nonsense"],
+        ["--cwd", "/no/such/dir"],
+        ["--no-such-option"],
+        ["--port", "bogus:1"],
+    ],
 )
 def test_bad_options(tmp_path: Path, args: list[str]) -> None:
     """Bad options give one clear line and a non-zero exit, no traceback."""
@@ -245,9 +251,10 @@ def test_unix_socket(tmp_path: Path) -> None:
 
 
 def start_unix(tmp_path: Path, path: Path, home: Path) -> Daemon:
-    from tests.e2e.conftest import STARTUP_TIMEOUT, daemon_env, twistd
     import subprocess
     import time
+
+    from tests.e2e.conftest import STARTUP_TIMEOUT, daemon_env, twistd
 
     process = subprocess.Popen(
         [twistd(), "--nodaemon", "--pidfile=", "codebuddy", "--port", f"unix:{path}", "--home", str(home)],

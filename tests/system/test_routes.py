@@ -46,7 +46,8 @@ class SystemRoutesTests(ApiTestCase):
         self.api.clock.advance(12.3)
         status, body, _r = self.api.json("GET", "/api/v1/health")
         self.assertEqual(status, 200)
-        self.assertEqual(body, {"data": {"status": "ok", "uptime": 12.3, "platforms": ["generic", "wecom", "wechat-kf"]}})
+        expected = {"status": "ok", "uptime": 12.3, "platforms": ["generic", "wecom", "wechat-kf"]}
+        self.assertEqual(body, {"data": expected})
 
     def test_info(self) -> None:
         """/info carries version, OS, Python, hostname, pid, cwd, home, session, auth mode and start time."""

@@ -58,7 +58,8 @@ class OpenAPITests(ApiTestCase):
     def test_error_codes(self) -> None:
         """Routes list their error codes by status; the whole catalogue is in x-error-codes."""
         create = self.doc["paths"]["/api/v1/items"]["post"]["responses"]
-        self.assertIn("ALREADY_EXISTS", create["409"]["content"]["application/json"]["schema"]["properties"]["error"]["properties"]["code"]["enum"])
+        schema = create["409"]["content"]["application/json"]["schema"]
+        self.assertIn("ALREADY_EXISTS", schema["properties"]["error"]["properties"]["code"]["enum"])
         self.assertIn("BAD_REQUEST", create["400"]["description"])
         self.assertIn("201", create)
         codes = {row["code"] for row in self.doc["x-error-codes"]}

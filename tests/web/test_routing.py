@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from twisted.logger import LogLevel, globalLogPublisher
 from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 
 from tests.helpers import ApiFixture, ApiTestCase
 from tests.web.sample_area import Item, SampleRoutes

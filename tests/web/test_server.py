@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import fail, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
@@ -89,12 +89,22 @@ class _Port:
         return succeed(None)
 
 
+def record(notes: list[bytes]) -> Any:
+    """A notify function that records what it is sent."""
+
+    def notify(state: bytes) -> bool:
+        notes.append(state)
+        return True
+
+    return notify
+
+
 class HTTPServiceTests(SynchronousTestCase):
     def test_ready_after_listen(self) -> None:
         """READY=1 is sent once the port listens, STOPPING=1 on stop, and the port is closed."""
         notes: list[bytes] = []
         port = _Port()
-        service = HTTPService(_Endpoint(succeed(port)), CodeBuddySite(Resource()), "tcp:8080", notify=lambda s: notes.append(s) or True)  # type: ignore[arg-type]
+        service = HTTPService(_Endpoint(succeed(port)), CodeBuddySite(Resource()), "tcp:8080", notify=record(notes))  # type: ignore[arg-type]
         service.startService()
         self.assertEqual(service.url, "http://127.0.0.1:8080")
         self.assertTrue(notes[0].startswith(b"READY=1"))
@@ -106,7 +116,7 @@ class HTTPServiceTests(SynchronousTestCase):
         """A port that cannot be bound raises ListenError with one readable reason, no READY."""
         notes: list[bytes] = []
         error = CannotListenError("127.0.0.1", 8080, OSError(98, "Address already in use"))
-        service = HTTPService(_Endpoint(fail(error)), CodeBuddySite(Resource()), "tcp:8080", notify=lambda s: notes.append(s) or True)  # type: ignore[arg-type]
+        service = HTTPService(_Endpoint(fail(error)), CodeBuddySite(Resource()), "tcp:8080", notify=record(notes))
         with self.assertRaises(ListenError) as caught:
             service.startService()
         self.assertIn("Address already in use", str(caught.exception))
@@ -116,6 +126,7 @@ class HTTPServiceTests(SynchronousTestCase):
         """With a real TCP endpoint on a memory reactor, the site is what listens."""
         reactor = MemoryReactorClock()
         site = CodeBuddySite(Resource())
-        service = HTTPService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), site, "tcp:0", notify=lambda s: True)
+        endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+        service = HTTPService(endpoint, site, "tcp:0", notify=record([]))
         service.startService()
         self.assertIs(reactor.tcpServers[0][1], site)
