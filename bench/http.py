@@ -751,7 +751,7 @@ def _cells(row: RowResult) -> list[str]:
 
 
 def _line(cells: list[str]) -> str:
-    return "  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, COLUMNS))
+    return "  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, COLUMNS, strict=True))
 
 
 def render(
