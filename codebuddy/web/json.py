@@ -97,7 +97,7 @@ def _make_converter() -> cattrs.Converter:
 
     def structure_factory(cls: type) -> Callable[[Any, type], Any]:
         overrides = {a.name: override(rename=wire_name(a)) for a in attrs.fields(cls)}
-        fn = make_dict_structure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+        fn: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
 
         def structure(value: Any, type_: type) -> Any:
             if not isinstance(value, Mapping):
@@ -170,7 +170,7 @@ def validation_details(exc: BaseException) -> list[dict[str, str]]:
         if isinstance(e, (ClassValidationError, IterableValidationError)):
             with_notes, without_notes = e.group_exceptions()
             for sub, note in with_notes:
-                step = getattr(note, "name", None) if isinstance(e, ClassValidationError) else note.index
+                step: str | int | None = getattr(note, "name" if isinstance(e, ClassValidationError) else "index", None)
                 walk(sub, path + ([step] if step is not None else []))
             for sub in without_notes:
                 walk(sub, path)

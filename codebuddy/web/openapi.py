@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import attrs
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 
 from codebuddy.web.errors import CATALOGUE
 from codebuddy.web.json import JSON_CONTENT_TYPE, RouteSpec, dumps, wire_name
-from codebuddy.web.root import ErrorPage, not_found
+from codebuddy.web.root import ErrorPage, ReadOnly, not_found
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -236,7 +236,7 @@ def _path_params(path: str) -> list[str]:
     return re.findall(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>", path)
 
 
-class OpenAPIResource(Resource):
+class OpenAPIResource(ReadOnly):
     """``GET /api/openapi.json``: the document, encoded once."""
 
     isLeaf = True
@@ -298,7 +298,7 @@ def swagger_ui_dir() -> Path:
     return Path(str(swagger_ui_path))
 
 
-class _Bytes(Resource):
+class _Bytes(ReadOnly):
     isLeaf = True
 
     def __init__(self, body: bytes, content_type: bytes):
@@ -313,7 +313,7 @@ class _Bytes(Resource):
     render_HEAD = render_GET
 
 
-class _Asset(Resource):
+class _Asset(ReadOnly):
     """A file of the Swagger UI package, read when asked (nothing kept in memory)."""
 
     isLeaf = True
@@ -331,7 +331,7 @@ class _Asset(Resource):
     render_HEAD = render_GET
 
 
-class DocsResource(Resource):
+class DocsResource(ReadOnly):
     """``/api/docs``: Swagger UI from the ``swagger-ui-bundle`` package, offline."""
 
     def __init__(self, assets: Path | None = None):

@@ -56,6 +56,20 @@ CORS_HEADERS = (
 )
 
 
+class ReadOnly(Resource):
+    """A resource that only answers GET and HEAD; other methods get a JSON 405."""
+
+    def render(self, request: Any) -> Any:
+        if request.method in (b"GET", b"HEAD"):
+            return super().render(request)
+        error = ApiError(
+            "METHOD_NOT_ALLOWED",
+            f"{request.method.decode('latin-1')} is not allowed here; use GET, HEAD",
+            headers={"Allow": "GET, HEAD"},
+        )
+        return render_error(request, error)
+
+
 class ErrorPage(Resource):
     """Answers one :class:`ApiError` to whatever reaches it."""
 
@@ -182,7 +196,7 @@ def _install_error_handlers(app: Klein) -> None:
     _HANDLED_APPS.add(id(app))
 
     @app.handle_errors(HTTPException)
-    def routing_error(_area: Any, request: Any, failure: Failure) -> bytes:
+    def routing_error(self: Any, request: Any, failure: Failure) -> bytes:
         exc = failure.value
         if isinstance(exc, MethodNotAllowed):
             allowed = ", ".join(sorted(set(exc.valid_methods or ())))
@@ -195,7 +209,7 @@ def _install_error_handlers(app: Klein) -> None:
         return _unrouted(request, not_found(request))
 
     @app.handle_errors(Exception)
-    def unexpected_error(_area: Any, request: Any, failure: Failure) -> bytes:
+    def unexpected_error(self: Any, request: Any, failure: Failure) -> bytes:
         return render_error(request, internal_error(request, failure))
 
 
@@ -226,7 +240,7 @@ class ApiRoot(Resource):
         return render_error(request, not_found(request))
 
 
-class SiteRoot(Resource):
+class SiteRoot(ReadOnly):
     """``/``: a small JSON index; everything outside ``/api`` is a JSON 404."""
 
     def __init__(self, api: IResource, index: dict[str, Any]):

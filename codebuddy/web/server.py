@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,6 +28,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from codebuddy.systemd import sd_notify
+from codebuddy.web.json import internal_error, render_error
 
 MEMORY_BODY_LIMIT = 1024 * 1024
 DEFAULT_BODY_CAP = 16 * 1024 * 1024
@@ -84,9 +85,18 @@ class CodeBuddyRequest(Request):
 
     guard: Any = None
 
+    def processingFailed(self, reason: Failure) -> Failure:
+        """An error escaped every handler: answer a JSON 500 naming an incident id, never HTML."""
+        body = render_error(self, internal_error(self, reason))
+        if not self.finished and not self._disconnected:
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+        return reason
+
     def gotLength(self, length: int | None) -> None:
-        cap = getattr(self.channel.site, "body_cap", DEFAULT_BODY_CAP) if self.channel else DEFAULT_BODY_CAP
-        self.content = BoundedBody(cap)  # type: ignore[assignment]
+        site = getattr(self.channel, "site", None)
+        self.content = BoundedBody(getattr(site, "body_cap", DEFAULT_BODY_CAP))  # type: ignore[assignment]
 
 
 _SECRET_QUERY = re.compile(rb"([?&](?:password|token|access_token|signature|secret)=)[^&#]*", re.I)
@@ -194,7 +204,7 @@ class HTTPService(Service):
         """``http://127.0.0.1:8080`` (or ``unix:/path``) once listening."""
         if self.port is None:
             return self.description
-        host = self.port.getHost()
+        host: Any = self.port.getHost()
         if hasattr(host, "port"):
             address = host.host
             if ":" in address:
@@ -207,7 +217,8 @@ class HTTPService(Service):
         self.notify(b"STOPPING=1")
         if self.port is not None:
             port, self.port = self.port, None
-            return maybeDeferred(port.stopListening)
+            stopped = port.stopListening()
+            return stopped if isinstance(stopped, Deferred) else None
         return None
 
 

@@ -202,3 +202,28 @@ class QueryTests(ApiTestCase):
         """An uncoercible query parameter is a 400 naming it."""
         error = self.assertError(self.api.json("GET", "/api/v1/items?limit=ten"), 400, "BAD_REQUEST")
         self.assertEqual(error["details"][0]["field"], "limit")
+
+
+class NonApiMethodTests(ApiTestCase):
+    def setUp(self) -> None:
+        self.api = ApiFixture([SampleRoutes()])
+
+    def test_read_only_resources(self) -> None:
+        """Docs, the OpenAPI document and / answer other methods with a JSON 405, never HTML."""
+        for path in ("/", "/api/docs", "/api/openapi.json", "/api/docs/swagger-ui.css"):
+            with self.subTest(path=path):
+                status, body, response = self.api.json("POST", path)
+                self.assertEqual((status, body["error"]["code"]), (405, "METHOD_NOT_ALLOWED"))
+                self.assertEqual(response.headers.getRawHeaders("allow"), ["GET, HEAD"])
+
+    def test_failure_outside_routes_is_json(self) -> None:
+        """An exception escaping the resource tree itself is a JSON 500 with an incident id."""
+
+        def explode(request: object, exempt_header: bool = False) -> None:
+            raise RuntimeError("guard bug")
+
+        self.api.guard.screen = explode  # type: ignore[method-assign]
+        status, body, response = self.api.json("GET", "/api/v1/items")
+        self.assertEqual((status, body["error"]["code"]), (500, "INTERNAL_ERROR"))
+        self.assertIn("application/json", response.headers.getRawHeaders("content-type")[0])
+        self.flushLoggedErrors(RuntimeError)
