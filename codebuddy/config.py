@@ -22,12 +22,14 @@ from typing import Any
 import attrs
 from twisted.logger import Logger
 
+from codebuddy.storage import atomic_write
 from codebuddy.web.auth import AUTH_MODES, AUTH_NONE, AUTH_PASSWORD, GatewaySettings, is_loopback_host
 
 log = Logger(namespace="codebuddy.config")
 
 DEFAULT_PORT = "8080"
 PASSWORD_FILE = "gateway-password"
+TOKEN_FILE = "gateway-tokens.json"
 
 
 class ConfigError(Exception):
@@ -187,12 +189,12 @@ class Config:
         limit = gateway.get("rateLimit") if isinstance(gateway.get("rateLimit"), dict) else {}
         assert isinstance(limit, dict)
         rps = _number(
-            env.get("CODEBUDDY_RATE_LIMIT_RPS", limit.get("requestsPerSecond")),
+            env.get("CODEBUDDY_RATE_LIMIT_RPS") or limit.get("requestsPerSecond"),
             1000.0,
             "CODEBUDDY_RATE_LIMIT_RPS",
         )
         burst = _number(
-            env.get("CODEBUDDY_RATE_LIMIT_BURST", limit.get("burst")), max(2 * rps, 1.0), "CODEBUDDY_RATE_LIMIT_BURST"
+            env.get("CODEBUDDY_RATE_LIMIT_BURST") or limit.get("burst"), max(2 * rps, 1.0), "CODEBUDDY_RATE_LIMIT_BURST"
         )
         return cls(
             endpoint=endpoint,
@@ -220,22 +222,6 @@ def ensure_home(home: Path) -> None:
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new content."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def gateway_password(config: Config) -> tuple[str, bool]:
     """
     The password for auth mode ``password``: the configured one, else the one generated
@@ -261,7 +247,6 @@ __all__ = [
     "AUTH_PASSWORD",
     "Config",
     "ConfigError",
-    "atomic_write",
     "coerce_endpoint",
     "endpoint_is_loopback",
     "gateway_password",

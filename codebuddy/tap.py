@@ -22,7 +22,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from codebuddy import __version__
-from codebuddy.config import AUTH_PASSWORD, Config, ConfigError, ensure_home, gateway_password
+from codebuddy.config import (
+    AUTH_PASSWORD,
+    PASSWORD_FILE,
+    TOKEN_FILE,
+    Config,
+    ConfigError,
+    ensure_home,
+    gateway_password,
+)
 from codebuddy.system.info import SystemInfo
 from codebuddy.system.routes import SystemRoutes
 from codebuddy.web.auth import RequestGuard
@@ -98,6 +106,22 @@ class Options(usage.Options):
         sys.exit(0)
 
 
+def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
+    """The server endpoint for ``description``, or SystemExit with one clear line."""
+    try:
+        return serverFromString(reactor, description)
+    except (KeyError, IndexError) as exc:
+        if description.startswith("systemd:"):
+            raise SystemExit(
+                f"codebuddy: no socket matching {description!r} was passed by systemd "
+                f"(LISTEN_FDS={environ.get('LISTEN_FDS', 'unset')}, "
+                f"LISTEN_FDNAMES={environ.get('LISTEN_FDNAMES', 'unset')})"
+            ) from None
+        raise SystemExit(f"codebuddy: bad endpoint {description!r}: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"codebuddy: bad endpoint {description!r}: {exc or type(exc).__name__}") from None
+
+
 class DaemonService(MultiService):
     """The daemon: a MultiService whose listen failure ends start-up with one line."""
 
@@ -120,21 +144,25 @@ def makeService(options: Mapping[str, Any], reactor: Any = None, environ: Mappin
 
 def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> DaemonService:
     """Wire every area for ``config``."""
+    endpoint = parse_endpoint(reactor, config.endpoint, environ)
     ensure_home(config.home)
     gateway = config.gateway
     if config.auth_mode == AUTH_PASSWORD:
         password, generated = gateway_password(config)
         gateway = attrs.evolve(gateway, password=password)
+        password_file = str(config.home / PASSWORD_FILE)
         if generated:
             log.warn(
                 "Generated a gateway password: {password} (stored in {path}; set "
                 "CODEBUDDY_GATEWAY_PASSWORD to choose one)",
                 password=password,
-                path=str(config.home / "gateway-password"),
+                path=password_file,
             )
+        elif not config.password:
+            log.info("Password auth: the gateway password is in {path}", path=password_file)
     elif not config.loopback_only:
         log.warn("Auth is off but the daemon listens beyond loopback ({endpoint})", endpoint=config.endpoint)
-    guard = RequestGuard(reactor, gateway)
+    guard = RequestGuard(reactor, gateway, token_file=config.home / TOKEN_FILE)
     daemon = DaemonService()
 
     http_service: HTTPService | None = None
@@ -168,10 +196,6 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     )
     root.children[b"api"].putChild(b"openapi.json", OpenAPIResource(openapi))  # type: ignore[attr-defined]
     site = CodeBuddySite(root, access_log=config.access_log)
-    try:
-        endpoint = serverFromString(reactor, config.endpoint)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise SystemExit(f"codebuddy: bad endpoint {config.endpoint!r}: {exc or type(exc).__name__}") from None
 
     def on_listening(port: IListeningPort) -> None:
         host = port.getHost()

@@ -161,6 +161,12 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(SystemExit):
             parse("--home", self.home, env={"CODEBUDDY_RATE_LIMIT_RPS": "fast"})
 
+    def test_empty_env_does_not_override_settings(self) -> None:
+        """An empty variable counts as unset: the settings' value stays."""
+        Path(self.home, "settings.json").write_text('{"gateway": {"rateLimit": {"requestsPerSecond": 7}}}')
+        config = parse("--home", self.home, env={"CODEBUDDY_RATE_LIMIT_RPS": ""}).config
+        self.assertEqual(config.gateway.rate_limit_rps, 7.0)
+
 
 class PasswordTests(SynchronousTestCase):
     def test_generated_once_and_private(self) -> None:

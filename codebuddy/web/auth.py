@@ -17,10 +17,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import math
+import re
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +31,7 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from codebuddy.storage import atomic_write
 from codebuddy.web.errors import ApiError
 
 TOKEN_COOKIE = "codebuddy_token"
@@ -148,27 +152,55 @@ def retry_after_header(seconds: float) -> dict[str, str]:
 # --------------------------------------------------------------------------- tokens
 
 
-class TokenStore:
-    """Login tokens: 32 random bytes, url-safe, valid for ``ttl`` seconds, kept hashed."""
+# A login token: 32 random bytes, url-safe base64 without padding.
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
-    def __init__(self, clock: IReactorTime, ttl: float = TOKEN_TTL, max_tokens: int = 10_000):
+
+class TokenStore:
+    """
+    Login tokens: 32 random bytes, url-safe, valid for ``ttl`` seconds, kept hashed.
+
+    With a ``path`` the hashes survive a restart (a browser's stored token keeps working):
+    the file (mode 0600) holds only SHA-256 digests and expiry times, and is bound to
+    the password it was issued for, so changing the password revokes every token.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        ttl: float = TOKEN_TTL,
+        max_tokens: int = 10_000,
+        path: Path | None = None,
+        password: str | None = None,
+    ):
         self.clock = clock
         self.ttl = ttl
         self.max_tokens = max_tokens
+        self.path = path
         self._expiry: OrderedDict[bytes, float] = OrderedDict()
+        self._salt = secrets.token_hex(16)
+        self._binding = self._fingerprint(self._salt, password)
+        self._load(password)
 
     @staticmethod
     def _key(token: str) -> bytes:
         return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
+    @staticmethod
+    def _fingerprint(salt: str, password: str | None) -> str:
+        return hashlib.sha256((salt + "\0" + (password or "")).encode("utf-8", "surrogateescape")).hexdigest()
+
     def issue(self) -> tuple[str, float]:
         """A new token and its expiry (epoch seconds)."""
-        self.prune()
+        self.prune(save=False)
         token = secrets.token_urlsafe(32)
         expires = self.clock.seconds() + self.ttl
         self._expiry[self._key(token)] = expires
         while len(self._expiry) > self.max_tokens:
             self._expiry.popitem(last=False)
+        self._save()
         return token, expires
 
     def valid(self, token: str) -> bool:
@@ -180,13 +212,58 @@ class TokenStore:
             return False
         return True
 
-    def revoke_all(self) -> None:
+    def rebind(self, password: str | None) -> None:
+        """The password changed: revoke every token and bind the store to the new one."""
         self._expiry.clear()
+        self._salt = secrets.token_hex(16)
+        self._binding = self._fingerprint(self._salt, password)
+        self._save()
 
-    def prune(self) -> None:
+    def prune(self, save: bool = True) -> None:
         now = self.clock.seconds()
-        for key in [k for k, exp in self._expiry.items() if exp <= now]:
+        expired = [k for k, exp in self._expiry.items() if exp <= now]
+        for key in expired:
             del self._expiry[key]
+        if expired and save:
+            self._save()
+
+    def _load(self, password: str | None) -> None:
+        """Adopt the tokens of the token file if it was written for the same password."""
+        if self.path is None:
+            return
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            salt, binding, tokens = data["salt"], data["binding"], data["tokens"]
+            if not (isinstance(salt, str) and isinstance(binding, str) and isinstance(tokens, dict)):
+                raise ValueError("unexpected layout")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.log.warn("Ignoring unreadable token file {path}: {error}", path=str(self.path), error=str(exc))
+            return
+        if not hmac.compare_digest(self._fingerprint(salt, password), binding):
+            return  # issued for another password: all revoked
+        self._salt, self._binding = salt, binding
+        now = self.clock.seconds()
+        for digest, expires in tokens.items():
+            if isinstance(expires, (int, float)) and expires > now:
+                try:
+                    self._expiry[bytes.fromhex(digest)] = float(expires)
+                except ValueError:
+                    continue
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        data = {
+            "salt": self._salt,
+            "binding": self._binding,
+            "tokens": {digest.hex(): expires for digest, expires in self._expiry.items()},
+        }
+        try:
+            atomic_write(self.path, json.dumps(data).encode(), mode=0o600)
+        except OSError as exc:
+            self.log.warn("Cannot save login tokens to {path}: {error}", path=str(self.path), error=str(exc))
 
 
 # --------------------------------------------------------------------------- hosts and origins
@@ -272,10 +349,16 @@ class RequestGuard:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, settings: GatewaySettings, local_hosts: Iterable[str] = ()):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: GatewaySettings,
+        local_hosts: Iterable[str] = (),
+        token_file: Path | None = None,
+    ):
         self.clock = clock
         self.settings = settings
-        self.tokens = TokenStore(clock)
+        self.tokens = TokenStore(clock, path=token_file, password=settings.password)
         self.login_failures = FailureLimiter(clock)
         self.requests = TokenBucket(clock, settings.rate_limit_rps, settings.rate_limit_burst)
         self.local_hosts = {h.lower() for h in local_hosts}
@@ -289,7 +372,7 @@ class RequestGuard:
     def update(self, settings: GatewaySettings) -> None:
         """Apply new settings; a changed password revokes every token issued for the old one."""
         if settings.password != self.settings.password:
-            self.tokens.revoke_all()
+            self.tokens.rebind(settings.password)
         self.settings = settings
         self.requests.configure(settings.rate_limit_rps, settings.rate_limit_burst)
 
@@ -400,7 +483,11 @@ class RequestGuard:
             )
         if any(self.check_credential(c) for c in found):
             return
-        self.login_failures.record_failure(key)
+        # A stale token (after a restart, from a browser's storage or cookie) is no password
+        # guess: guessing a 256-bit token is hopeless, and counting them would lock every
+        # returning browser out. Anything else counts like a failed login.
+        if any(not TOKEN_SHAPE.fullmatch(c) for c in found):
+            self.login_failures.record_failure(key)
         raise ApiError("AUTH_INVALID", "Invalid credentials")
 
     def login(self, request: Any, password: str | None) -> tuple[str, float]:

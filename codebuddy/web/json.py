@@ -489,9 +489,13 @@ def render_result(request: Any, spec: RouteSpec, result: Any) -> Any:
     return dumps({"data": data})
 
 
+# Reason phrases twisted.web does not know (it would send "Unknown Status").
+_REASONS = {429: b"Too Many Requests"}
+
+
 def render_error(request: Any, err: ApiError) -> bytes:
     """Write an :class:`ApiError` as the error envelope."""
-    request.setResponseCode(err.status)
+    request.setResponseCode(err.status, _REASONS.get(err.status))
     request.setHeader(b"content-type", JSON_CONTENT_TYPE)
     for key, value in err.headers.items():
         request.setHeader(key.encode(), value.encode())

@@ -13,6 +13,7 @@ The HTTP server: our ``Site`` and ``Request`` classes and the service that liste
 from __future__ import annotations
 
 import io
+import os
 import re
 import tempfile
 import time
@@ -210,7 +211,8 @@ class HTTPService(Service):
             if ":" in address:
                 address = f"[{address}]"
             return f"http://{address}:{host.port}"
-        return f"unix:{getattr(host, 'name', '')}"
+        name = getattr(host, "name", "")
+        return f"unix:{os.fsdecode(name) if isinstance(name, bytes) else name}"
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()

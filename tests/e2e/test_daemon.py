@@ -135,8 +135,27 @@ async def test_password_mode(tmp_path: Path) -> None:
         status, body, response = await get_json(base + "/auth/login", "POST", json={"password": "s3cret pw"})
         assert (status, body["error"]["code"]) == (429, "AUTH_RATE_LIMITED")
         assert 0 < int(response.headers.getRawHeaders("retry-after")[0]) <= 60
+        assert response.phrase == b"Too Many Requests"
     finally:
         daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_survives_restart(tmp_path: Path) -> None:
+    """A login token keeps working after the daemon restarts with the same password."""
+    env = {"CODEBUDDY_GATEWAY_PASSWORD": "pw"}
+    first = start_daemon(tmp_path, "--auth", "password", env=env)
+    try:
+        _s, body, _r = await get_json(first.url + "/api/v1/auth/login", "POST", json={"password": "pw"})
+    finally:
+        first.stop()
+    second = start_daemon(tmp_path, "--auth", "password", env=env)
+    try:
+        headers = {"Authorization": f"Bearer {body['token']}"}
+        status, _b, _r = await get_json(second.url + "/api/v1/info", headers=headers)
+        assert status == 200
+    finally:
+        second.stop()
 
 
 def test_generated_password(tmp_path: Path) -> None:
@@ -203,6 +222,7 @@ def test_port_in_use(tmp_path: Path) -> None:
         ["--cwd", "/no/such/dir"],
         ["--no-such-option"],
         ["--port", "bogus:1"],
+        ["--port", "systemd:domain=INET:name=nothing-passed"],
     ],
 )
 def test_bad_options(tmp_path: Path, args: list[str]) -> None:
@@ -211,6 +231,7 @@ def test_bad_options(tmp_path: Path, args: list[str]) -> None:
     assert status != 0
     assert "Traceback" not in output
     assert "codebuddy" in output
+    assert not (tmp_path / "home" / "gateway-password").exists()
 
 
 def test_sigterm_and_systemd_notify(tmp_path: Path) -> None:
@@ -246,6 +267,14 @@ def test_unix_socket(tmp_path: Path) -> None:
                 reply += chunk
         assert reply.startswith(b"HTTP/1.0 200") or reply.startswith(b"HTTP/1.1 200")
         assert b'"status":"ok"' in reply
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))
+            client.sendall(b"GET /api/v1/info HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            reply = b""
+            while chunk := client.recv(4096):
+                reply += chunk
+        info = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+        assert info["data"]["endpoint"] == f"unix:{path}"
     finally:
         process.stop()
 

@@ -155,6 +155,14 @@ class PasswordModeTests(ApiTestCase):
             self.assertError(self.api.json("GET", "/api/v1/items?password=x"), 401, "AUTH_INVALID")
         self.assertError(self.api.json("GET", "/api/v1/items?password=x"), 429, "AUTH_RATE_LIMITED")
 
+    def test_stale_tokens_do_not_lock_out(self) -> None:
+        """Stale tokens (e.g. from before a restart) are refused without counting as password guesses."""
+        stale = "A" * 43
+        for _ in range(5):
+            response = self.api.json("GET", "/api/v1/items", headers={"Cookie": f"codebuddy_token={stale}"})
+            self.assertError(response, 401, "AUTH_INVALID")
+        self.assertEqual(self.login(PASSWORD)[0], 200)
+
     def test_password_change_revokes_tokens(self) -> None:
         """Changing the password revokes tokens issued for the old one."""
         _s, body, _r = self.login(PASSWORD)
@@ -274,6 +282,7 @@ class RateLimitTests(ApiTestCase):
         status, body, response = api.json("GET", "/api/v1/health")
         self.assertEqual((status, body["error"]["code"]), (429, "RATE_LIMITED"))
         self.assertEqual(response.headers.getRawHeaders("retry-after"), ["1"])
+        self.assertEqual(response.phrase, b"Too Many Requests")
         api.clock.advance(0.5)
         self.assertData(api.json("GET", "/api/v1/health"))
 
@@ -335,6 +344,55 @@ class LimiterUnitTests(SynchronousTestCase):
         self.assertFalse(store.valid(a + "x"))
         clock.advance(10)
         self.assertFalse(store.valid(a))
+
+
+class TokenFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, directory, True)
+        self.path = Path(directory) / "gateway-tokens.json"
+
+    def test_tokens_survive_restart(self) -> None:
+        """Tokens are kept (hashed, 0600) across a restart with the same password."""
+        import stat
+
+        clock = Clock()
+        token, _ = TokenStore(clock, path=self.path, password="pw").issue()
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
+        self.assertNotIn(token, self.path.read_text())
+        self.assertTrue(TokenStore(clock, path=self.path, password="pw").valid(token))
+
+    def test_other_password_revokes(self) -> None:
+        """A restart with another password revokes the stored tokens."""
+        clock = Clock()
+        token, _ = TokenStore(clock, path=self.path, password="pw").issue()
+        self.assertFalse(TokenStore(clock, path=self.path, password="other").valid(token))
+
+    def test_expired_not_loaded(self) -> None:
+        """Expired tokens are not loaded back."""
+        clock = Clock()
+        token, _ = TokenStore(clock, ttl=10, path=self.path, password="pw").issue()
+        clock.advance(11)
+        self.assertFalse(TokenStore(clock, path=self.path, password="pw").valid(token))
+
+    def test_rebind(self) -> None:
+        """Changing the password at run time revokes tokens in memory and on disk."""
+        clock = Clock()
+        store = TokenStore(clock, path=self.path, password="pw")
+        token, _ = store.issue()
+        store.rebind("new")
+        self.assertFalse(store.valid(token))
+        self.assertFalse(TokenStore(clock, path=self.path, password="pw").valid(token))
+
+    def test_corrupt_file_ignored(self) -> None:
+        """An unreadable token file is ignored (and replaced at the next login)."""
+        self.path.write_text("{broken")
+        store = TokenStore(Clock(), path=self.path, password="pw")
+        token, _ = store.issue()
+        self.assertTrue(TokenStore(Clock(), path=self.path, password="pw").valid(token))
 
 
 class HostTests(SynchronousTestCase):
