@@ -26,6 +26,7 @@ import psutil
 from twisted.internet.interfaces import IReactorTime
 
 from codebuddy import __version__
+from codebuddy.web.json import also_as
 
 PLATFORMS = ["generic", "wecom", "wechat-kf"]
 MIB = 1024 * 1024
@@ -106,29 +107,20 @@ class Instance:
 
 @attrs.frozen
 class Metrics:
-    """Machine metrics (camelCase for CodeBuddy clients, snake_case for E2B clients)."""
+    """Machine metrics (camelCase for CodeBuddy clients, plus E2B's snake_case names)."""
 
-    ts: int
-    cpu_count: int
-    cpu_used_pct: float
-    mem_total_mib: int
-    mem_used_mib: int
-    mem_total: int
-    mem_used: int
-    mem_cache: int
-    disk_used: int
-    disk_total: int
+    ts: int = attrs.field(metadata={"doc": "Unix time, seconds"})
+    cpu_count: int = attrs.field(metadata=also_as("cpu_count"))
+    cpu_used_pct: float = attrs.field(metadata=also_as("cpu_used_pct"))
+    mem_total_mib: int = attrs.field(metadata=also_as("mem_total_mib"))
+    mem_used_mib: int = attrs.field(metadata=also_as("mem_used_mib"))
+    mem_total: int = attrs.field(metadata=also_as("mem_total", doc="Bytes"))
+    mem_used: int = attrs.field(metadata=also_as("mem_used", doc="Bytes"))
+    mem_cache: int = attrs.field(metadata=also_as("mem_cache", doc="Bytes (page cache and buffers)"))
+    disk_used: int = attrs.field(metadata=also_as("disk_used", doc="Bytes used on the workspace's filesystem"))
+    disk_total: int = attrs.field(metadata=also_as("disk_total", doc="Bytes"))
     disk_path: str
     instances: list[Instance]
-    cpu_count_e2b: int = attrs.field(metadata={"wire": "cpu_count"})
-    cpu_used_pct_e2b: float = attrs.field(metadata={"wire": "cpu_used_pct"})
-    mem_total_mib_e2b: int = attrs.field(metadata={"wire": "mem_total_mib"})
-    mem_used_mib_e2b: int = attrs.field(metadata={"wire": "mem_used_mib"})
-    mem_total_e2b: int = attrs.field(metadata={"wire": "mem_total"})
-    mem_used_e2b: int = attrs.field(metadata={"wire": "mem_used"})
-    mem_cache_e2b: int = attrs.field(metadata={"wire": "mem_cache"})
-    disk_used_e2b: int = attrs.field(metadata={"wire": "disk_used"})
-    disk_total_e2b: int = attrs.field(metadata={"wire": "disk_total"})
 
 
 class CpuSampler:
@@ -283,12 +275,10 @@ class SystemInfo:
         instances = [self.current_instance()]
         if self._other_instances is not None:
             instances += [i for i in self._other_instances() if i.pid != os.getpid()]
-        cpu_count = psutil.cpu_count() or 1
-        cpu_pct = self.cpu.percent()
         return Metrics(
             ts=int(time.time()),
-            cpu_count=cpu_count,
-            cpu_used_pct=cpu_pct,
+            cpu_count=psutil.cpu_count() or 1,
+            cpu_used_pct=self.cpu.percent(),
             mem_total_mib=vm.total // MIB,
             mem_used_mib=mem_used // MIB,
             mem_total=vm.total,
@@ -298,15 +288,6 @@ class SystemInfo:
             disk_total=disk.total,
             disk_path=disk_path,
             instances=instances,
-            cpu_count_e2b=cpu_count,
-            cpu_used_pct_e2b=cpu_pct,
-            mem_total_mib_e2b=vm.total // MIB,
-            mem_used_mib_e2b=mem_used // MIB,
-            mem_total_e2b=vm.total,
-            mem_used_e2b=mem_used,
-            mem_cache_e2b=mem_cache,
-            disk_used_e2b=disk_used,
-            disk_total_e2b=disk.total,
         )
 
     def envs(self) -> dict[str, str]:

@@ -107,11 +107,24 @@ def _make_converter() -> cattrs.Converter:
         return structure
 
     def unstructure_factory(cls: type) -> Callable[[Any], Any]:
+        fields = attrs.fields(cls)
         overrides = {
             a.name: override(rename=wire_name(a), omit_if_default=bool(a.metadata.get("omit_if_default")))
-            for a in attrs.fields(cls)
+            for a in fields
         }
-        return make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+        fn: Callable[[Any], Any] = make_dict_unstructure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+        aliases = [(wire_name(a), alias) for a in fields for alias in a.metadata.get("aliases", ())]
+        if not aliases:
+            return fn
+
+        def unstructure_with_aliases(value: Any) -> Any:
+            data = fn(value)
+            for name, alias in aliases:
+                if name in data:
+                    data[alias] = data[name]
+            return data
+
+        return unstructure_with_aliases
 
     conv.register_structure_hook_factory(attrs.has, structure_factory)
     conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
@@ -125,6 +138,11 @@ converter = _make_converter()
 def omit_if_default() -> dict[str, bool]:
     """Field metadata: leave the field out of JSON when it has its default value."""
     return {"omit_if_default": True}
+
+
+def also_as(*aliases: str, doc: str | None = None) -> dict[str, Any]:
+    """Field metadata: serialise the value under these extra names too (e.g. E2B's snake_case)."""
+    return {"aliases": aliases, **({"doc": doc} if doc else {})}
 
 
 # --------------------------------------------------------------------------- encoding

@@ -105,6 +105,8 @@ class SchemaBuilder:
             properties[name] = prop
             if field.default is attrs.NOTHING:
                 required.append(name)
+            for alias in field.metadata.get("aliases", ()):
+                properties[alias] = {**prop, "description": f"Same as {name}"}
         out: dict[str, Any] = {"type": "object", "properties": properties}
         if required:
             out["required"] = required

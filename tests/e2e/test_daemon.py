@@ -259,24 +259,24 @@ def test_unix_socket(tmp_path: Path) -> None:
     home = tmp_path / "home"
     process = start_unix(tmp_path, path, home)
     try:
-        with socket.socket(socket.AF_UNIX) as client:
-            client.connect(str(path))
-            client.sendall(b"GET /api/v1/health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            reply = b""
-            while chunk := client.recv(4096):
-                reply += chunk
+        reply = unix_get(path, "/api/v1/health")
         assert reply.startswith(b"HTTP/1.0 200") or reply.startswith(b"HTTP/1.1 200")
         assert b'"status":"ok"' in reply
-        with socket.socket(socket.AF_UNIX) as client:
-            client.connect(str(path))
-            client.sendall(b"GET /api/v1/info HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            reply = b""
-            while chunk := client.recv(4096):
-                reply += chunk
-        info = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+        info = json.loads(unix_get(path, "/api/v1/info").split(b"\r\n\r\n", 1)[1])
         assert info["data"]["endpoint"] == f"unix:{path}"
     finally:
         process.stop()
+
+
+def unix_get(path: Path, url: str) -> bytes:
+    """The raw HTTP/1.0 answer to GET ``url`` over the UNIX socket at ``path``."""
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(path))
+        client.sendall(f"GET {url} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        reply = b""
+        while chunk := client.recv(4096):
+            reply += chunk
+    return reply
 
 
 def start_unix(tmp_path: Path, path: Path, home: Path) -> Daemon:

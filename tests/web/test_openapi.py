@@ -55,6 +55,13 @@ class OpenAPITests(ApiTestCase):
         self.assertEqual(item["required"], ["itemId"])
         self.assertEqual(item["properties"]["tags"], {"type": "array", "items": {"type": "string"}})
 
+    def test_aliases(self) -> None:
+        """Fields published under a second name (E2B's snake_case metrics) show both names."""
+        metrics = self.doc["components"]["schemas"]["Metrics"]["properties"]
+        self.assertEqual(metrics["cpu_count"]["type"], metrics["cpuCount"]["type"])
+        self.assertIn("diskTotal", metrics)
+        self.assertIn("disk_total", metrics)
+
     def test_error_codes(self) -> None:
         """Routes list their error codes by status; the whole catalogue is in x-error-codes."""
         create = self.doc["paths"]["/api/v1/items"]["post"]["responses"]
