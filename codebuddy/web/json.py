@@ -148,11 +148,21 @@ def also_as(*aliases: str, doc: str | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- encoding
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ascii_encoder = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON of an already unstructured value."""
-    return _encoder.encode(value).encode("utf-8")
+    """
+    Compact UTF-8 JSON of an already unstructured value.
+
+    Strings that cannot be UTF-8 (lone surrogates, e.g. undecodable file names read with
+    ``surrogateescape``) are written as ``\\uXXXX`` escapes instead of failing.
+    """
+    text = _encoder.encode(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ascii_encoder.encode(value).encode("ascii")
 
 
 def unstructure(value: Any) -> Any:
@@ -171,12 +181,13 @@ def envelope(data: Any) -> bytes:
 
 
 def _camel_path(path: list[str | int]) -> str:
+    """``["process", "cmd_args", 2]`` -> ``process.cmdArgs[2]``."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + to_camel(part) if not part.startswith("[") else part
+            out += ("." if out else "") + to_camel(part)
     return out
 
 
@@ -256,10 +267,16 @@ def read_json(request: Any, model: type[T], max_bytes: int = DEFAULT_MAX_BODY) -
         data: Any = {}
     else:
         try:
-            data = json.loads(raw)
+            data = json.loads(raw, parse_constant=_reject_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise ApiError("BAD_REQUEST", f"Request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError("BAD_REQUEST", "Request body is nested too deeply") from None
     return structure(data, model)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_query(request: Any, model: type[T]) -> T:

@@ -227,3 +227,22 @@ class NonApiMethodTests(ApiTestCase):
         self.assertEqual((status, body["error"]["code"]), (500, "INTERNAL_ERROR"))
         self.assertIn("application/json", response.headers.getRawHeaders("content-type")[0])
         self.flushLoggedErrors(RuntimeError)
+
+
+class EncodingTests(ApiTestCase):
+    def test_dumps_lone_surrogates(self) -> None:
+        """Undecodable names (lone surrogates) are escaped, not a crash."""
+        from codebuddy.web.json import dumps
+
+        self.assertEqual(json.loads(dumps({"name": "caf\udce9"})), {"name": "caf\udce9"})
+        self.assertEqual(dumps({"name": "café"}), '{"name":"café"}'.encode())
+
+    def test_deep_and_nan_bodies(self) -> None:
+        """Absurdly nested bodies and NaN are 400s, not 500s."""
+        api = ApiFixture([SampleRoutes()])
+        for body in (b"[" * 100_000, b'{"itemId": NaN}'):
+            with self.subTest(body=body[:10]):
+                status, result, _r = api.json(
+                    "POST", "/api/v1/items", data=body, headers={"content-type": "application/json"}
+                )
+                self.assertEqual((status, result["error"]["code"]), (400, "BAD_REQUEST"))
