@@ -53,6 +53,7 @@ _ROWS: tuple[tuple[str, int, str], ...] = (
     ("UNSUPPORTED_MEDIA_TYPE", 415, "Unsupported Content-Type"),
     ("RANGE_NOT_SATISFIABLE", 416, "Requested range not satisfiable"),
     ("SERVICE_UNAVAILABLE", 503, "Service unavailable"),
+    ("WATCH_LIMIT_REACHED", 503, "The kernel's inotify watch limit is reached"),
     # Codes of the CodeBuddy server that later areas answer.
     ("PATH_NOT_ABSOLUTE", 400, "Path must be absolute"),
     ("PATH_IS_DIRECTORY", 400, "Path is a directory"),

@@ -1,0 +1,1 @@
+"""The filesystem area: E2B-compatible files, fs operations, watching and fuzzy search."""
