@@ -151,6 +151,7 @@ class Config:
     access_log: str
     loopback_only: bool
     gateway: GatewaySettings
+    max_upload_bytes: int = 0
     started_at: float = attrs.field(factory=time.time)
 
     @classmethod
@@ -205,6 +206,7 @@ class Config:
             password=password or None,
             access_log=str(options.get("access-log") or "none"),
             loopback_only=loopback,
+            max_upload_bytes=int(_number(env.get("CODEBUDDY_MAX_UPLOAD_BYTES"), 0, "CODEBUDDY_MAX_UPLOAD_BYTES")),
             gateway=GatewaySettings(
                 mode=mode,
                 password=password or None,

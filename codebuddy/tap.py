@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -31,6 +33,11 @@ from codebuddy.config import (
     ensure_home,
     gateway_password,
 )
+from codebuddy.fs.paths import Resolver
+from codebuddy.fs.routes import FsRoutes
+from codebuddy.fs.search import FileSearch
+from codebuddy.fs.transfer import UploadOpener
+from codebuddy.fs.watch import WatchService
 from codebuddy.system.info import SystemInfo
 from codebuddy.system.routes import SystemRoutes
 from codebuddy.web.auth import RequestGuard
@@ -104,6 +111,26 @@ class Options(usage.Options):
         """Print the codebuddy version and exit."""
         print(f"codebuddy {__version__}")
         sys.exit(0)
+
+
+def blocking_runner(reactor: Any) -> Callable[..., Deferred[Any]]:
+    """Run blocking work (walks, removals, fsync) in the reactor's thread pool."""
+
+    def run_blocking(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args, **kwargs)
+
+    return run_blocking
+
+
+def build_fs(config: Config, reactor: Any, guard: RequestGuard, daemon: MultiService) -> FsRoutes:
+    """The filesystem area: paths resolve against the workspace, ~ against the user's home."""
+    resolver = Resolver(config.workspace)
+    run_blocking = blocking_runner(reactor)
+    watches = WatchService(reactor)
+    watches.setServiceParent(daemon)
+    search = FileSearch(run_blocking)
+    uploads = UploadOpener(resolver, guard.admits, config.max_upload_bytes)
+    return FsRoutes(resolver, run_blocking, reactor, watches, search, uploads)
 
 
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
@@ -180,7 +207,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         environ=environ,
         started_at=config.started_at,
     )
-    areas = [SystemRoutes(system, guard)]
+    areas: list[Any] = [SystemRoutes(system, guard), build_fs(config, reactor, guard, daemon)]
     root, v1 = build_root(
         guard,
         areas,
@@ -195,7 +222,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         "{\"error\": {\"code\", \"message\", \"details\"?}}.",
     )
     root.children[b"api"].putChild(b"openapi.json", OpenAPIResource(openapi))  # type: ignore[attr-defined]
-    site = CodeBuddySite(root, access_log=config.access_log)
+    site = CodeBuddySite(root, access_log=config.access_log, body_openers=v1.body_openers)
 
     def on_listening(port: IListeningPort) -> None:
         host = port.getHost()

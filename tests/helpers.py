@@ -46,9 +46,15 @@ class ApiFixture:
         self.site = CodeBuddySite(self.root, access_log="none", reactor=agent._memoryReactor)
         agent._serverFactory = self.site
 
-    def request(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
-        """Make a request and return (response, body bytes), flushing until done."""
-        url = path if path.startswith("http") else "http://127.0.0.1:8080" + path
+    def request(self, method: str, path: str | bytes, **kwargs: Any) -> tuple[Any, bytes]:
+        """
+        Make a request and return (response, body bytes), flushing until done. A ``bytes``
+        path is sent as it is (percent-escapes kept), for non-ASCII query values.
+        """
+        if isinstance(path, bytes):
+            url: str | bytes = b"http://127.0.0.1:8080" + path
+        else:
+            url = path if path.startswith("http") else "http://127.0.0.1:8080" + path
         d = self.treq.request(method, url, **kwargs)
         self._pump(d)
         response = _result(d)
@@ -62,10 +68,11 @@ class ApiFixture:
         d.addBoth(lambda r: (fired.append(True), r)[1])
         for _ in range(rounds):
             self.treq.flush()
+            self.clock.advance(0)
             if fired:
                 return
 
-    def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+    def json(self, method: str, path: str | bytes, **kwargs: Any) -> tuple[int, Any, Any]:
         """(status, parsed JSON body, response) of a request."""
         response, body = self.request(method, path, **kwargs)
         return response.code, json.loads(body) if body else None, response

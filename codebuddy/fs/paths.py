@@ -55,7 +55,7 @@ _ERRNO_CODES: dict[int, tuple[str, str]] = {
     errno.EEXIST: ("ALREADY_EXISTS", "File exists"),
     errno.ENOTEMPTY: ("CONFLICT", "Directory not empty"),
     errno.EBUSY: ("CONFLICT", "Device or resource busy"),
-    errno.EISDIR: ("PATH_IS_DIRECTORY", "Is a directory"),
+    errno.EISDIR: ("PATH_NOT_DIRECTORY", "Is a directory (a file was expected)"),
     errno.ENAMETOOLONG: ("BAD_REQUEST", "File name too long"),
     errno.ELOOP: ("BAD_REQUEST", "Too many levels of symbolic links"),
     errno.EINVAL: ("BAD_REQUEST", "Invalid argument"),

@@ -435,6 +435,20 @@ class RequestGuard:
             return True
         return any(origin_matches(origin, p) for p in self.settings.cors_origins)
 
+    def admits(self, request: Any) -> bool:
+        """
+        Would ``request`` pass the Host and Origin checks and authentication? Asked when only
+        its headers have arrived, before a streamed body is written anywhere.
+        """
+        if self.settings.mode == AUTH_NONE:
+            host = request.getHeader(b"host")
+            if host is not None and not self.host_allowed(split_host(host.decode("latin-1"))):
+                return False
+        origin = request.getHeader(b"origin")
+        if origin is not None and not self.origin_allowed(origin.decode("latin-1"), request):
+            return False
+        return self.is_authenticated(request)
+
     # -- authentication (after routing)
 
     def credentials(self, request: Any) -> list[str]:

@@ -56,7 +56,6 @@ _ROWS: tuple[tuple[str, int, str], ...] = (
     ("WATCH_LIMIT_REACHED", 503, "The kernel's inotify watch limit is reached"),
     # Codes of the CodeBuddy server that later areas answer.
     ("PATH_NOT_ABSOLUTE", 400, "Path must be absolute"),
-    ("PATH_IS_DIRECTORY", 400, "Path is a directory"),
     ("FILE_TYPE_FORBIDDEN", 400, "File type not allowed"),
     ("INSTANCE_NOT_FOUND", 404, "Instance not found"),
     ("RUN_ALREADY_COMPLETED", 409, "Run already completed"),

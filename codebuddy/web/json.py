@@ -98,10 +98,14 @@ def _make_converter() -> cattrs.Converter:
     def structure_factory(cls: type) -> Callable[[Any, type], Any]:
         overrides = {a.name: override(rename=wire_name(a)) for a in attrs.fields(cls)}
         fn: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv, **overrides)  # type: ignore[arg-type]
+        aliases = [(wire_name(a), alias) for a in attrs.fields(cls) for alias in a.metadata.get("aliases", ())]
 
         def structure(value: Any, type_: type) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError(f"expected an object, got {_json_type(value)}")
+            for name, alias in aliases:
+                if name not in value and alias in value:
+                    value = {**value, name: value[alias]}
             return fn(value, type_)
 
         return structure
@@ -141,7 +145,10 @@ def omit_if_default() -> dict[str, bool]:
 
 
 def also_as(*aliases: str, doc: str | None = None) -> dict[str, Any]:
-    """Field metadata: serialise the value under these extra names too (e.g. E2B's snake_case)."""
+    """
+    Field metadata: a second wire name (e.g. E2B's snake_case). The value is written under
+    both names, and read from the alias when a request does not use the main name.
+    """
     return {"aliases": aliases, **({"doc": doc} if doc else {})}
 
 
@@ -339,6 +346,19 @@ def accepted(data: Any) -> Result:
     return Result(data, 202)
 
 
+@attrs.frozen
+class Encoded:
+    """A JSON body already encoded (e.g. in a thread, for very large answers)."""
+
+    body: bytes
+    status: int = 200
+
+
+def encode_envelope(data: Any) -> Encoded:
+    """``{"data": ...}`` encoded now; call it inside ``run_blocking`` for big results."""
+    return Encoded(envelope(data))
+
+
 class _NoContent:
     def __repr__(self) -> str:
         return "NO_CONTENT"
@@ -377,6 +397,7 @@ class RouteSpec:
     deprecated: bool
     raw_response: bool
     handler: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    content_type: str | None = None
 
     @property
     def static(self) -> bool:
@@ -411,6 +432,7 @@ def json_route(
     max_body: int = DEFAULT_MAX_BODY,
     tags: tuple[str, ...] = (),
     deprecated: bool = False,
+    content_type: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
     Declare a JSON route on ``app`` (an area's class-level ``Klein()``).
@@ -420,7 +442,7 @@ def json_route(
     ``RESPONSE_WRITTEN`` for streams, or a Deferred/coroutine of one of those.
     ``top_level=True`` mirrors the result's fields at the top level beside ``data``
     (for clients that read them there, ARCHITECTURE.md §5). ``public=True`` skips
-    authentication.
+    authentication. ``content_type`` documents a non-JSON success body (downloads).
     """
     method = method.upper()
 
@@ -446,6 +468,7 @@ def json_route(
             deprecated=deprecated,
             raw_response=raw_response,
             handler=handler,
+            content_type=content_type,
         )
 
         def endpoint(instance: Any, request: Any, **kwargs: Any) -> Any:
@@ -514,6 +537,10 @@ def render_result(request: Any, spec: RouteSpec, result: Any) -> Any:
     if result is NO_CONTENT:
         request.setResponseCode(204)
         return b""
+    if isinstance(result, Encoded):
+        request.setResponseCode(result.status)
+        request.setHeader(b"content-type", JSON_CONTENT_TYPE)
+        return result.body
     request.setResponseCode(status)
     request.setHeader(b"content-type", JSON_CONTENT_TYPE)
     data = unstructure(result)

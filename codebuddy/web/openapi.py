@@ -150,6 +150,11 @@ def _route_errors(spec: RouteSpec) -> list[str]:
 
 
 def _success(spec: RouteSpec, builder: SchemaBuilder) -> dict[str, Any]:
+    if spec.content_type is not None:
+        return {
+            "description": "The file's bytes (206 for a Range request).",
+            "content": {spec.content_type: {"schema": {"type": "string", "format": "binary"}}},
+        }
     if spec.stream:
         return {
             "description": "A stream of Server-Sent Events (ids, Last-Event-ID resume, heartbeats).",

@@ -114,6 +114,7 @@ class ApiV1(Resource):
         super().__init__()
         self.areas = list(areas)
         self.routes: list[tuple[RouteSpec, Any]] = []
+        self.body_openers: dict[tuple[bytes, bytes], Any] = {}
         self._static: dict[tuple[bytes, bytes], tuple[RouteSpec, Any]] = {}
         self._by_segment: dict[bytes, IResource] = {}
         for area in self.areas:
@@ -123,6 +124,8 @@ class ApiV1(Resource):
         app: Klein = type(area).app
         _install_error_handlers(app)
         resource = area.app.resource()
+        for (method, path), opener in getattr(area, "body_openers", {}).items():
+            self.body_openers[(method.encode(), (API_PREFIX + path).encode())] = opener
         for spec in routes_of(app):
             self.routes.append((spec, area))
             segment = spec.path.strip("/").split("/", 1)[0].encode()
@@ -154,6 +157,9 @@ class ApiV1(Resource):
 def deliver(request: Any, result: Any) -> Any:
     """Hand a :func:`call_route` result to twisted.web (bytes at once, Deferreds later)."""
     if not isinstance(result, Deferred):
+        if result is NOT_DONE_YET and not request.finished and not request._disconnected:
+            # The handler wrote its whole answer itself (e.g. HEAD of a download).
+            request.finish()
         return result
     finished: list[bool] = []
     request.notifyFinish().addBoth(finished.append)

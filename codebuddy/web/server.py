@@ -96,7 +96,22 @@ class CodeBuddyRequest(Request):
         return reason
 
     def gotLength(self, length: int | None) -> None:
+        """
+        The headers are in: choose where the body goes. A route that streams its body
+        (uploads) registered an opener for its method and path with the Site; everything
+        else gets a :class:`BoundedBody`.
+        """
         site = getattr(self.channel, "site", None)
+        openers = getattr(site, "body_openers", None)
+        if openers:
+            uri: bytes = getattr(self.channel, "_path", b"")
+            command: bytes = getattr(self.channel, "_command", b"")
+            opener = openers.get((command, uri.split(b"?", 1)[0]))
+            if opener is not None:
+                body = opener.open_body(self, uri, length)
+                if body is not None:
+                    self.content = body
+                    return
         self.content = BoundedBody(getattr(site, "body_cap", DEFAULT_BODY_CAP))  # type: ignore[assignment]
 
 
@@ -138,9 +153,18 @@ class CodeBuddySite(Site):
     requestFactory = CodeBuddyRequest
     body_cap = DEFAULT_BODY_CAP
 
-    def __init__(self, resource: IResource, access_log: str | None = "-", **kwargs: Any):
+    def __init__(
+        self,
+        resource: IResource,
+        access_log: str | None = "-",
+        body_openers: dict[tuple[bytes, bytes], Any] | None = None,
+        **kwargs: Any,
+    ):
         log_path = access_log if access_log not in (None, "-", "none") else None
+        # Form parsing would read whole multipart bodies into memory; no route uses it.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, logPath=log_path, logFormatter=access_log_line, **kwargs)
+        self.body_openers = dict(body_openers or {})
         self.access_log_enabled = access_log not in (None, "none")
 
     def log(self, request: Any) -> None:
