@@ -57,56 +57,62 @@ import sys
 # ``python bench/http.py`` puts bench/ first on sys.path, where this file
 # would shadow the standard library's ``http`` package (urllib needs it).
 _BENCH_DIR = os.path.dirname(os.path.realpath(__file__))
+# It goes to the end instead, where the shared ``_common`` module is still found.
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _BENCH_DIR]
+sys.path.append(_BENCH_DIR)
 
 import argparse
 import json
 import re
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-try:
-    import psutil
-except ImportError:  # pragma: no cover - reported at run time
-    psutil = None
+from _common import (
+    CODEBUDDY,
+    HEALTH_PATH,
+    Launch,
+    StartFailed,
+    Target,
+    any_missed,
+    choose_cpus,
+    codebuddy_launch,
+    codebuddy_template,
+    describe_load,
+    find_nginx,
+    free_port,
+    install_sigterm_exit,
+    load_average,
+    no_twistd_reason,
+    pinned_to,
+    psutil,
+    rss_mb,
+    running,
+    table_row,
+    target_line,
+    wait_until_healthy,
+)
 
-REPO_ROOT = Path(_BENCH_DIR).parent
 BARE_TWISTED = Path(_BENCH_DIR) / "baselines" / "bare_twisted.py"
 
-HEALTH_PATH = "/api/v1/health"
 JUPYTER_PATH = "/api/status"
 HEALTH_JSON = json.dumps(
     {"data": {"status": "ok", "uptime": 1.5, "platforms": ["generic", "wecom", "wechat-kf"]}},
     separators=(",", ":"),
 )
-RATE_LIMIT_ENV = {"CODEBUDDY_RATE_LIMIT_RPS": "1000000"}
 INSTALL_HINT = "apt-get install wrk nginx-light"
 
-CODEBUDDY = "codebuddy"
 BARE = "twisted.web bare"
 BARE_NO_LOG = "twisted.web bare (no access log)"
 NGINX = "nginx"
 JUPYTER = "jupyter-server /api/status"
 
 STARTUP_REPEATS = 3
-POLL_INTERVAL = 0.010  # seconds between readiness polls
-READY_TIMEOUT = 20.0  # seconds a server may take to answer its first 200
-STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
-TAIL_LINES = 15
-# Set in this sandbox's shell; a user's installed daemon has cached bytecode.
-DROPPED_ENV = {"PYTHONDONTWRITEBYTECODE"}
 
 # Targets: codebuddy compared with the baselines.
 MIN_SHARE_OF_BARE = 0.70
@@ -165,19 +171,6 @@ class RowResult:
 
 
 @dataclass
-class Target:
-    """One target and whether this run met it (None: could not be judged)."""
-
-    description: str
-    met: bool | None
-    detail: str
-
-    @property
-    def verdict(self) -> str:
-        return {True: "met", False: "MISSED", None: "n/a"}[self.met]
-
-
-@dataclass
 class Settings:
     duration: int
     connections: int
@@ -193,21 +186,6 @@ class Settings:
 # Servers
 
 
-class StartFailed(Exception):
-    """The server exited, or did not answer 200 in time."""
-
-
-@dataclass
-class Launch:
-    """How to start one server: argv, extra environment, URL path to load."""
-
-    argv: list[str]
-    port: int
-    path: str = HEALTH_PATH
-    env: dict[str, str] = field(default_factory=dict)
-    ready_timeout: float = READY_TIMEOUT
-
-
 @dataclass
 class ServerSpec:
     """A row to measure: ``launch(port, workdir)`` builds the command."""
@@ -216,134 +194,6 @@ class ServerSpec:
     launch: Callable[[int, Path], Launch] | None
     note: str = ""
     skip_reason: str = ""
-
-
-@dataclass
-class RunningServer:
-    proc: subprocess.Popen
-    url: str
-    workdir: Path
-    spawned_at: float
-
-    def stderr_tail(self) -> str:
-        return "\n".join(
-            _tail(self.workdir / name)
-            for name in ("stderr.log", "stdout.log", "error.log")
-            if (self.workdir / name).exists()
-        ).strip()
-
-
-def _tail(path: Path, lines: int = TAIL_LINES) -> str:
-    text = path.read_text(errors="replace").rstrip().splitlines()
-    return "\n".join(f"{path.name}: {line}" for line in text[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def pinned_to(cpu: int) -> Callable[[], None]:
-    """A ``preexec_fn`` pinning the child (and all it spawns) to one CPU."""
-
-    def pin() -> None:
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {cpu})
-
-    return pin
-
-
-@contextmanager
-def running(launch: Launch, workdir: Path, cpu: int) -> Iterator[RunningServer]:
-    """Start a server in its own process group; always stop the whole group."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    inherited = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-    env = {**inherited, **launch.env}
-    with open(workdir / "stdout.log", "wb") as out, open(workdir / "stderr.log", "wb") as err:
-        spawned_at = time.monotonic()
-        proc = subprocess.Popen(
-            launch.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,
-            preexec_fn=pinned_to(cpu),  # noqa: PLW1509 - no threads here
-        )
-    try:
-        url = f"http://127.0.0.1:{launch.port}{launch.path}"
-        yield RunningServer(proc, url, workdir, spawned_at)
-    finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL it if it lingers, then any stray child."""
-    strays = _descendants(proc.pid)
-    if proc.poll() is None:
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait(STOP_TIMEOUT)
-    for child in strays:  # e.g. a child that left the group; psutil checks identity
-        try:
-            if child.is_running():
-                child.kill()
-        except psutil.Error:
-            pass
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _descendants(pid: int) -> list:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process and all its descendants, in MB."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-        return sum(p.memory_info().rss for p in procs) / 1e6
-    except psutil.Error:
-        return None
-
-
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
-
-
-def answers_200(url: str) -> bool:
-    try:
-        with _opener.open(url, timeout=1.0) as response:
-            response.read()
-            return response.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def wait_until_healthy(server: RunningServer, timeout: float) -> float:
-    """Poll every 10 ms; return ms from spawn to the first 200."""
-    deadline = server.spawned_at + timeout
-    while time.monotonic() < deadline:
-        if answers_200(server.url):
-            return (time.monotonic() - server.spawned_at) * 1000
-        code = server.proc.poll()
-        if code is not None:
-            raise StartFailed(f"exited with status {code} before answering 200")
-        time.sleep(POLL_INTERVAL)
-    raise StartFailed(f"no 200 from {server.url} within {timeout:.0f} s")
 
 
 # --------------------------------------------------------------------------
@@ -486,47 +336,14 @@ def _join(*parts: str) -> str:
 
 def codebuddy_spec(command: str | None) -> ServerSpec:
     note = "env CODEBUDDY_RATE_LIMIT_RPS=1000000 (limiter still runs)"
-    env = {
-        **RATE_LIMIT_ENV,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    if command:
-        template = shlex.split(command)
-    else:
-        twistd = _twistd()
-        if twistd is None:
-            return ServerSpec(
-                CODEBUDDY,
-                None,
-                note,
-                f"no twistd next to {sys.executable}: run with the venv's python or "
-                "pass --codebuddy-cmd",
-            )
-        template = [
-            twistd,
-            "-n",
-            "--pidfile=",
-            "codebuddy",
-            "--port",
-            "tcp:{port}:interface=127.0.0.1",
-            "--home",
-            "{home}",
-            "--cwd",
-            "{cwd}",
-        ]
+    template = codebuddy_template(command)
+    if template is None:
+        return ServerSpec(CODEBUDDY, None, note, no_twistd_reason())
 
     def launch(port: int, workdir: Path) -> Launch:
-        (workdir / "home").mkdir()
-        (workdir / "ws").mkdir()
-        values = {"port": port, "home": workdir / "home", "cwd": workdir / "ws", "tmp": workdir}
-        return Launch([arg.format(**values) for arg in template], port, env=env)
+        return codebuddy_launch(template, port, workdir)
 
     return ServerSpec(CODEBUDDY, launch, note)
-
-
-def _twistd() -> str | None:
-    beside = Path(sys.executable).parent / "twistd"
-    return str(beside) if beside.exists() else None
 
 
 def bare_twisted_spec(access_log: bool) -> ServerSpec:
@@ -751,7 +568,7 @@ def _cells(row: RowResult) -> list[str]:
 
 
 def _line(cells: list[str]) -> str:
-    return "  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, COLUMNS, strict=True))
+    return table_row(cells, COLUMNS)
 
 
 def render(
@@ -784,15 +601,12 @@ def render(
     notes = [_row_notes(row) for row in rows]
     out += ["", "Rows:", *filter(None, notes)]
     out += ["", "Targets:"]
-    out += [f"  [{t.verdict:^6}] {t.description}: {t.detail}" for t in targets]
+    out += [target_line(t) for t in targets]
     return "\n".join(out)
 
 
 def _load(settings: Settings) -> str:
-    if settings.load_average is None:
-        return "unknown"
-    busy = " (busy machine: expect noisy numbers)" if settings.load_average > 0.5 else ""
-    return f"{settings.load_average:.2f}{busy}"
+    return describe_load(settings.load_average)
 
 
 def _row_notes(row: RowResult) -> str:
@@ -839,14 +653,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def choose_cpus() -> tuple[int, int]:
-    """First allowed CPU for the servers, second for wrk (same one if only one)."""
-    if not hasattr(os, "sched_getaffinity"):
-        return 0, 0
-    cpus = sorted(os.sched_getaffinity(0))
-    return cpus[0], cpus[1] if len(cpus) > 1 else cpus[0]
-
-
 def prerequisites(settings: Settings) -> list[str]:
     """Warnings about missing tools (nothing here is fatal)."""
     warnings = []
@@ -868,13 +674,9 @@ def make_settings(args: argparse.Namespace) -> Settings:
         server_cpu=server_cpu,
         wrk_cpu=wrk_cpu,
         wrk=shutil.which("wrk"),
-        nginx=shutil.which("nginx") or _executable("/usr/sbin/nginx"),  # sbin: not on every PATH
-        load_average=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        nginx=find_nginx(),
+        load_average=load_average(),
     )
-
-
-def _executable(path: str) -> str | None:
-    return path if os.access(path, os.X_OK) else None
 
 
 def measure_all(specs: list[ServerSpec], settings: Settings) -> list[RowResult]:
@@ -901,8 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     if psutil is None:
         print("psutil is required (pip install psutil)", file=sys.stderr)
         return 2
-    # A SIGTERM unwinds through the finally blocks that stop the servers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    install_sigterm_exit()
     settings = make_settings(args)
     warnings = prerequisites(settings)
     for warning in warnings:
@@ -925,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(settings, rows, targets, warnings))
     if args.json:
         print(as_json(settings, rows, targets))
-    return 1 if any(t.met is False for t in targets) else 0
+    return 1 if any_missed(targets) else 0
 
 
 if __name__ == "__main__":

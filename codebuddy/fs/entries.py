@@ -14,15 +14,20 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import stat
 import time
 from functools import lru_cache
+from typing import Any, cast
 
 import attrs
 
-from codebuddy.web.json import omit_if_default
+from codebuddy.web.json import omit_if_default, unstructure
+
+# JSON string literal with non-ASCII escaped (also valid for undecodable names).
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 FILE = "file"
 DIRECTORY = "directory"
@@ -54,6 +59,7 @@ def _kind(mode: int) -> str:
     return UNKNOWN
 
 
+@lru_cache(maxsize=1024)
 def go_file_mode(mode: int) -> str:
     """Go's ``fs.FileMode.String()`` for a POSIX ``st_mode``."""
     letters = ""
@@ -101,7 +107,7 @@ def rfc3339_ns(ns: int) -> str | None:
     if ns == 0:
         return None
     seconds, nanos = divmod(ns, 1_000_000_000)
-    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    base = _utc_second(seconds)
     if nanos == 0:
         return base + "Z"
     if nanos % 1_000_000 == 0:
@@ -109,6 +115,11 @@ def rfc3339_ns(ns: int) -> str | None:
     if nanos % 1_000 == 0:
         return f"{base}.{nanos // 1_000:06d}Z"
     return f"{base}.{nanos:09d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 @lru_cache(maxsize=512)
@@ -125,6 +136,46 @@ def group_name(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return str(gid)
+
+
+def entry_dict(path: str, st: os.stat_result, name: str) -> dict[str, Any]:
+    """
+    The wire form of :func:`entry_from_stat` built directly (no model, no converter): for
+    listings of hundreds of thousands of entries. Tests keep the two identical.
+    """
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return cast(dict[str, Any], unstructure(entry_from_stat(path, st, name)))
+    return {
+        "name": name,
+        "type": FILE if stat.S_ISREG(mode) else DIRECTORY if stat.S_ISDIR(mode) else UNKNOWN,
+        "path": path,
+        "size": st.st_size,
+        "mode": mode & 0o777,
+        "permissions": go_file_mode(mode),
+        "owner": user_name(st.st_uid),
+        "group": group_name(st.st_gid),
+        "modifiedTime": rfc3339_ns(st.st_mtime_ns),
+        "isSymlink": False,
+    }
+
+
+_TYPE_JSON = {FILE: '"file"', DIRECTORY: '"directory"', UNKNOWN: '"unknown"'}
+
+
+def entry_json(path: str, st: os.stat_result, name: str) -> str:
+    """:func:`entry_dict` as JSON text, composed directly (the listing's hot path)."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        return json.dumps(entry_dict(path, st, name), ensure_ascii=True, separators=(",", ":"))
+    kind = FILE if stat.S_ISREG(mode) else DIRECTORY if stat.S_ISDIR(mode) else UNKNOWN
+    modified = rfc3339_ns(st.st_mtime_ns)
+    return (
+        f'{{"name":{_quote(name)},"type":{_TYPE_JSON[kind]},"path":{_quote(path)},"size":{st.st_size},'
+        f'"mode":{mode & 0o777},"permissions":"{go_file_mode(mode)}","owner":{_quote(user_name(st.st_uid))},'
+        f'"group":{_quote(group_name(st.st_gid))},"modifiedTime":{_quote(modified) if modified else "null"},'
+        '"isSymlink":false}'
+    )
 
 
 def entry_from_stat(path: str, st: os.stat_result, name: str | None = None) -> EntryInfo:

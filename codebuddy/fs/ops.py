@@ -8,15 +8,19 @@ deep listing or a tree removal never holds up the reactor.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import shutil
 import stat
+from collections.abc import Callable
+from typing import Any
 
-from codebuddy.fs.entries import DIRECTORY, EntryInfo, entry_from_stat, entry_info
+from codebuddy.fs.entries import DIRECTORY, EntryInfo, entry_dict, entry_info, entry_json
 from codebuddy.fs.paths import mapped_errors, os_error
 from codebuddy.web.errors import ApiError
 
 DIR_MODE = 0o755
+_by_name = operator.attrgetter("name")
 
 
 def stat_path(path: str) -> EntryInfo:
@@ -25,29 +29,42 @@ def stat_path(path: str) -> EntryInfo:
         return entry_info(path)
 
 
-def list_dir(path: str, depth: int = 1) -> list[EntryInfo]:
+def list_dir(path: str, depth: int = 1) -> list[dict[str, Any]]:
     """
     Entries under ``path`` down to ``depth`` levels (0 counts as 1), as envd's ``ListDir``:
     pre-order, each directory's entries in byte order and followed by their children;
     symlinked directories are listed but not entered; entries that vanish meanwhile are
     skipped; unreadable subdirectories are listed but not entered (envd fails the whole call).
     """
+    out: list[dict[str, Any]] = []
+    _list(path, depth, out, entry_dict)
+    return out
+
+
+def list_dir_json(path: str, depth: int = 1) -> bytes:
+    """:func:`list_dir` as the route's JSON answer ``{"data": {"entries": [...]}}``, built directly."""
+    out: list[str] = []
+    _list(path, depth, out, entry_json)
+    return b'{"data":{"entries":[' + ",".join(out).encode("ascii") + b"]}}"
+
+
+def _list(path: str, depth: int, out: list[Any], render: Callable[[str, os.stat_result, str], Any]) -> None:
     depth = max(depth, 1)
     with mapped_errors(path):
         root = os.stat(path)
     if not stat.S_ISDIR(root.st_mode):
         raise ApiError("PATH_NOT_DIRECTORY", f"Path is not a directory: {path}")
-    entries: list[EntryInfo] = []
     try:
-        _walk(path, depth, entries)
+        _walk(path, depth, out, render)
     except PermissionError:
         raise ApiError("PERMISSION_DENIED", f"Permission denied: {path}") from None
-    return entries
 
 
-def _walk(directory: str, levels: int, out: list[EntryInfo]) -> None:
+def _walk(directory: str, levels: int, out: list[Any], render: Callable[[str, os.stat_result, str], Any]) -> None:
     with os.scandir(directory) as scan:
-        children = sorted(scan, key=lambda e: os.fsencode(e.name))
+        # Code point order is UTF-8 byte order (envd sorts bytes); only undecodable
+        # names (surrogate escapes) may sort differently.
+        children = sorted(scan, key=_by_name)
     prefix = directory if directory.endswith("/") else directory + "/"
     for child in children:
         full = prefix + child.name
@@ -55,11 +72,10 @@ def _walk(directory: str, levels: int, out: list[EntryInfo]) -> None:
             st = child.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        entry = entry_from_stat(full, st, child.name)
-        out.append(entry)
+        out.append(render(full, st, child.name))
         if levels > 1 and stat.S_ISDIR(st.st_mode):
             try:
-                _walk(full, levels - 1, out)
+                _walk(full, levels - 1, out, render)
             except (FileNotFoundError, NotADirectoryError, PermissionError):
                 continue
 

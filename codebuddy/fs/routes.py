@@ -19,7 +19,7 @@ from codebuddy.fs.search import ContentResults, FileSearch, SearchItem
 from codebuddy.fs.transfer import FailedBody, UploadOpener, UploadSink, compose, serve_file
 from codebuddy.fs.watch import FsEvent, WatcherEvents, WatchService
 from codebuddy.web.errors import ApiError
-from codebuddy.web.json import NO_CONTENT, also_as, encode_envelope, json_route
+from codebuddy.web.json import NO_CONTENT, Encoded, also_as, json_route
 from codebuddy.web.sse import serve_log
 
 TAGS = ("Filesystem",)
@@ -178,10 +178,8 @@ class FsRoutes:
         if body.depth < 0:
             raise ApiError("BAD_REQUEST", "depth must not be negative", [{"field": "depth", "message": "negative"}])
 
-        def listing() -> Any:
-            return encode_envelope(EntriesResult(ops.list_dir(path, body.depth)))
-
-        return self.run_blocking(listing)
+        # Walked and encoded in a thread: a 100k-entry listing never holds up the reactor.
+        return self.run_blocking(ops.list_dir_json, path, body.depth).addCallback(Encoded)
 
     @json_route(app, "POST", "/fs/mkdir", body=PathRequest, response=EntryResult, tags=TAGS,
                 errors=("PATH_REQUIRED", "ALREADY_EXISTS", "PATH_NOT_DIRECTORY", "PERMISSION_DENIED"),
@@ -221,7 +219,7 @@ class FsRoutes:
             stream.close()
             return result
 
-        return serve_log(request, stream.log, self.clock).addBoth(release)
+        return serve_log(request, stream.log, self.clock, from_start=True).addBoth(release)
 
     @json_route(app, "POST", "/fs/watcher/create", body=WatchRequest, response=WatcherCreated, tags=TAGS,
                 errors=("PATH_REQUIRED", "NOT_FOUND", "PATH_NOT_DIRECTORY", "WATCH_LIMIT_REACHED"),

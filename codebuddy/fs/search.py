@@ -18,7 +18,9 @@ reactor thread never waits on the disk.
   (:data:`FALLBACK_SKIP_DIRS`).
 * The candidate list is cached per root for ``cache_ttl`` seconds, so typing in the popup (a
   request every 150 ms) does not walk the tree each time: a new file shows up at most
-  ``cache_ttl`` seconds after it is created.
+  ``cache_ttl`` seconds after it is created. Up to :data:`MAX_CACHED_ROOTS` roots are kept;
+  expired lists are dropped at the next search (a 100k-file list takes about 35 MB).
+  A query that extends the previous one (the user typed on) only re-filters its matches.
 * Matching is fzf-like with smart case: the query (leading/trailing blanks stripped) must be a
   subsequence of the relative path, case-insensitively unless it contains an uppercase letter.
   Results rank in tiers: exact base name, base name = query + extension, base-name prefix,
@@ -26,16 +28,17 @@ reactor thread never waits on the disk.
   subsequence of the path. Inside a tier an fzf-style score rewards consecutive characters,
   characters at word boundaries (after ``/ _ - .`` or a blank, camelCase humps, digits) and a
   match at the start of the base name; shorter paths break ties, then the path itself.
-* Speed: the subsequence filter runs at C speed (one compiled regex mapped over the cached,
-  pre-lowered paths) and only the best candidates are scored in Python: when more than
-  ``_SCORE_BUDGET`` paths match, the tiers are computed with more regexes and only the shortest
-  paths of the last tier needed are scored.
+* Speed: the subsequence filter runs at C speed (one compiled regex without backtracking mapped
+  over the cached, pre-folded paths) and only a few candidates are scored in Python: when more
+  than ``max(200, 4 * limit)`` paths match, whole tiers are taken best first (computed with
+  ``str`` methods and regexes, at C speed) and the last tier that does not fit contributes its
+  shortest paths.
 * An empty query lists the shallowest files first (``(depth, path)`` order), score 0.
 * Paths are text decoded with ``os.fsdecode`` (surrogate escapes for non-UTF-8 bytes), so they
   round-trip to the same bytes; serialise them with ``ensure_ascii`` JSON.
 
 **Content search** (:meth:`FileSearch.search_content`) runs ``rg --json`` (fixed strings unless
-``is_regex``, smart flags as asked, ``--hidden``, ``.git`` excluded, include and exclude globs
+``is_regex``, case and whole-word flags as asked, ``--hidden``, ``.git`` excluded, include and exclude globs
 relative to the root as rg's ``--glob`` reads them), stops reading once ``max_results`` lines
 matched (at most :data:`MAX_MATCHES_PER_FILE` per file) or ``content_timeout`` passed, kills
 ``rg`` then, and answers the hits sorted by path and line. Without ``rg`` a Python walker with
@@ -46,6 +49,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import heapq
 import json
 import os
@@ -59,8 +63,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from itertools import compress
-from operator import methodcaller, not_
+from itertools import compress, repeat
+from operator import not_
 from typing import IO, Any
 
 import attrs
@@ -106,12 +110,19 @@ MAX_QUERY_CHARS = 1024
 #: Roots whose candidate lists are cached at once (least recently used evicted).
 MAX_CACHED_ROOTS = 4
 
+# rg --files: hidden files but not .git, ignore files even outside a git repository, NUL-separated.
+# ``.git`` is dropped afterwards (_drop_git): a ``--glob '!.git'`` costs rg ~30% more on a
+# 100k-file tree (every path goes through the override matcher), more than listing a .git.
+_RG_FILES_ARGS = ("--no-config", "--files", "--null", "--hidden", "--no-require-git", "--no-messages")
 # rg --json lines longer than this (a match on a huge minified line) are skipped, not parsed.
 _MAX_JSON_LINE = 8 << 20
 # The fallback content search does not read files larger than this.
 _MAX_FALLBACK_FILE = 64 << 20
+# A query character found in fewer paths than this share is looked up path by path (~2 µs a path
+# in Python) instead of scanning every path with one regex (~0.3 µs a path in C).
+_RARE_SHARE = 0.1
 # When more paths match than this, only this many (best tiers, then shortest) are scored.
-_SCORE_BUDGET = 500
+_SCORE_BUDGET = 200
 
 # fzf's scoring constants (src/algo/algo.go).
 _SCORE_MATCH = 16
@@ -231,7 +242,7 @@ def _alignment_score(orig: str, positions: list[int], name_start: int) -> int:
 def _subsequence_regex(query: str) -> re.Pattern[str]:
     """``a[^b]*b[^c]*c``: whether ``query`` is a subsequence, at C speed and without backtracking."""
     chars = [re.escape(c) for c in query]
-    body = "".join(f"{c}[^{nxt}]*" for c, nxt in zip(chars, chars[1:], strict=False)) + chars[-1]
+    body = "".join(f"{c}[^{nxt}]*+" for c, nxt in zip(chars, chars[1:], strict=False)) + chars[-1]
     return re.compile(body, re.DOTALL)
 
 
@@ -311,6 +322,8 @@ def _smallest(indices: list[int], key: list[int], paths: list[str], room: int) -
     """The ``room`` indices with the smallest ``key[i]``, ties broken by path (whatever the input order)."""
     if len(indices) <= room:
         return indices
+    if room <= 0:
+        return []
     keys = list(map(key.__getitem__, indices))
     bound = heapq.nsmallest(room, keys)[-1]
     below = list(compress(indices, map(bound.__gt__, keys)))
@@ -482,7 +495,7 @@ def walk_files(
                 continue
             if not (is_dir or is_file):
                 continue
-            if is_dir and name in skip_dirs:
+            if name == ".git" or (is_dir and name in skip_dirs):
                 continue
             skip = overrides.decision(rel, name, is_dir) if overrides is not None else None
             if skip is None:
@@ -504,101 +517,229 @@ def walk_files(
 # The candidate cache
 
 
-class _Collector:
-    """Accumulates listed files (folded, with their parent directories) while the listing runs."""
+def _fold_blob(text: str) -> str:
+    """``text`` (NUL-separated paths) case-folded, each path keeping its length."""
+    low = text.lower()
+    if len(low) != len(text):
+        low = "\0".join(map(_fold, text.split("\0")))
+    return low.replace("ς", "σ") if "ς" in low else low
 
-    def __init__(self, max_files: int):
-        self.max_files = max_files
-        self.files: list[str] = []
-        self.folded: list[str] = []
-        self.parents: set[str] = set()
 
-    @property
-    def full(self) -> bool:
-        return len(self.files) >= self.max_files
+def _blob_regex(query: str) -> re.Pattern[str]:
+    """
+    Finds, in a NUL-separated blob, each path holding ``query`` as a subsequence (group 1): one
+    attempt per path, scanning it once (possessive classes: the earliest placement, no backtracking).
+    """
+    body = "".join(f"[^{c}\\0]*+{c}" for c in map(re.escape, query))
+    return re.compile(f"\\0({body}[^\\0]*+)", re.DOTALL)
 
-    def add(self, files: list[str]) -> None:
-        files = files[: self.max_files - len(self.files)]
-        self.files += files
-        self.folded += _fold_all(files)
-        self.parents.update({p.rpartition("/")[0] for p in files})
 
-    def result(self, loaded_at: float, truncated: bool) -> _Candidates:
-        self.parents.discard("")
-        directories = set()
-        for parent in self.parents:
-            while parent and parent not in directories:
-                directories.add(parent)
-                parent = parent.rpartition("/")[0]
-        ordered = sorted(directories)
-        paths = self.files + ordered
-        folded = self.folded + _fold_all(ordered)
-        return _Candidates(loaded_at, paths, len(self.files), truncated, folded)
+def _rarest(blob: str, query: str, n_paths: int) -> tuple[str, float]:
+    """The query's rarest character in ``blob`` (sampled), with its estimated count per path."""
+    if len(blob) <= 1 << 18:
+        sample = blob
+    else:  # 16 slices of 16 KiB spread over the blob
+        step = len(blob) // 16
+        sample = "".join(blob[i * step : i * step + (1 << 14)] for i in range(16))
+    counts = {char: sample.count(char) for char in set(query)}
+    rare = min(counts, key=lambda c: (counts[c], c))
+    return rare, counts[rare] * (len(blob) / max(len(sample), 1)) / max(n_paths, 1)
+
+
+def _drop_git(data: bytes) -> bytes:
+    """``data`` (NUL-terminated relative paths) without ``.git`` and what is inside one."""
+    blob = b"\0" + data
+    spans = []
+    pos = blob.find(b".git")
+    while pos >= 0:
+        after = blob[pos + 4 : pos + 5]
+        if blob[pos - 1 : pos] in (b"\0", b"/") and after in (b"\0", b"/"):
+            start = blob.rfind(b"\0", 0, pos)
+            end = blob.find(b"\0", pos + 4)
+            spans.append((start, end))
+            pos = end
+        pos = blob.find(b".git", pos + 1)
+    if not spans:
+        return data
+    kept = []
+    done = 0
+    for start, end in spans:
+        kept.append(blob[done:start])
+        done = end
+    kept.append(blob[done:])
+    return b"".join(kept)[1:]
+
+
+@attrs.frozen
+class _Matches:
+    """Paths matching one query: files first, then directories (search-space text and original)."""
+
+    query: str
+    insensitive: bool
+    texts: list[str]
+    paths: list[str]
+    n_files: int
+
+    def narrowed(self, query: str, fuzzy: re.Pattern[str]) -> _Matches:
+        """The subset matching ``query``, which extends this one's query."""
+        keep = list(map(fuzzy.search, self.texts))
+        n_files = sum(map(bool, keep[: self.n_files]))
+        return _Matches(
+            query, self.insensitive, list(compress(self.texts, keep)), list(compress(self.paths, keep)), n_files
+        )
 
 
 @attrs.define
 class _Candidates:
-    """The cached candidate list of one root: files first, then directories (relative paths)."""
+    """
+    The cached file list of one root: relative paths joined as ``\0a\0b/c\0`` (``text``) and
+    the same case-folded (``folded``, same offsets). Keeping two strings instead of lists of
+    strings makes loading cheap; a search scans them with one regex.
+    """
 
     loaded_at: float
-    paths: list[str]
+    text: str
     n_files: int
     truncated: bool
-    folded: list[str]  # the paths case-folded, same lengths
-    _names: dict[bool, list[str]] = attrs.Factory(dict)
-    # The previous query (case-insensitive?, query, indices it matched): a query that extends it
-    # (the user typed on) only needs to filter those.
-    _last: tuple[bool, str, list[int]] | None = None
-    _lengths: list[int] | None = None
+    _folded: str | None = None
+    _files: list[str] | None = None
     _shallow: tuple[int, list[int]] | None = None
+    # The previous query's matches: a query that extends it (the user typed on) only filters those.
+    _last: _Matches | None = None
 
-    # Computed on first use (only searches with many matches need them); racing threads
-    # compute the same value, so no lock is needed.
+    # Lazy values are computed by whichever thread needs them first; racing threads compute the
+    # same value, so no lock is needed.
 
-    def names(self, folded: bool) -> list[str]:
-        """The base names (case-folded or not)."""
-        names = self._names.get(folded)
-        if names is None:
-            names = self._names[folded] = [p.rpartition("/")[2] for p in (self.folded if folded else self.paths)]
-        return names
+    def folded(self) -> str:
+        if self._folded is None:
+            self._folded = _fold_blob(self.text)
+        return self._folded
 
-    def matching(self, query: str, insensitive: bool, fuzzy: re.Pattern[str]) -> list[int]:
-        """Indices of the paths holding ``query`` as a subsequence."""
-        texts = self.folded if insensitive else self.paths
+    def files(self) -> list[str]:
+        if self._files is None:
+            self._files = self.text[1:-1].split("\0") if self.n_files else []
+        return self._files
+
+    def matching(self, query: str, insensitive: bool, fuzzy: re.Pattern[str]) -> _Matches:
+        """The files and directories holding ``query`` as a subsequence."""
         last = self._last
-        if last is not None and last[0] == insensitive and _is_subsequence(last[1], query):
-            previous = last[2]
-            matched = list(compress(previous, map(fuzzy.search, map(texts.__getitem__, previous))))
+        if last is not None and last.insensitive == insensitive and _is_subsequence(last.query, query):
+            found = last.narrowed(query, fuzzy)
         else:
-            matched = list(compress(range(len(texts)), map(fuzzy.search, texts)))
-        self._last = (insensitive, query, matched)
-        return matched
+            found = self._scan(query, insensitive, fuzzy)
+        self._last = found
+        return found
 
-    def lengths(self) -> list[int]:
-        if self._lengths is None:
-            self._lengths = list(map(len, self.paths))
-        return self._lengths
+    def _scan(self, query: str, insensitive: bool, fuzzy: re.Pattern[str]) -> _Matches:
+        text = self.text
+        blob = self.folded() if insensitive else text
+        texts: list[str] = []
+        paths: list[str] = []
+        add_text, add_path = texts.append, paths.append
+        rare, share = _rarest(blob, query, self.n_files)
+        if share < _RARE_SHARE:
+            # Visit only the paths holding the query's rarest character.
+            find, rfind = blob.find, blob.rfind
+            pos = find(rare, 1)
+            while pos >= 0:
+                start = rfind("\0", 0, pos) + 1
+                end = find("\0", pos)
+                candidate = blob[start:end]
+                if fuzzy.search(candidate):
+                    add_text(candidate)
+                    add_path(text[start:end])
+                pos = find(rare, end)
+        else:
+            for match in _blob_regex(query).finditer(blob):
+                start, end = match.span(1)
+                add_text(blob[start:end])
+                add_path(text[start:end])
+        # A directory matching the query is an ancestor of matching files (its path is a prefix
+        # of theirs), so only those are tested.
+        parents = {p.rpartition("/")[0] for p in paths}
+        parents.discard("")
+        directories: set[str] = set()
+        for parent in parents:
+            while parent and parent not in directories:
+                directories.add(parent)
+                parent = parent.rpartition("/")[0]
+        n_files = len(paths)
+        for directory in sorted(directories):
+            folded = _fold(directory) if insensitive else directory
+            if fuzzy.search(folded):
+                texts.append(folded)
+                paths.append(directory)
+        return _Matches(query, insensitive, texts, paths, n_files)
 
-    def shallow_files(self, limit: int) -> list[int]:
+    def shallow_files(self, limit: int) -> list[str]:
         """The first ``limit`` files in (depth, path) order."""
         shallow = self._shallow
         if shallow is None or shallow[0] < limit:
-            files = self.paths[: self.n_files]
+            files = self.files()
             depths = [p.count("/") for p in files]
-            picked = _smallest(list(range(self.n_files)), depths, self.paths, limit)
+            picked = _smallest(list(range(len(files))), depths, files, limit)
             picked.sort(key=lambda i: (depths[i], files[i]))
             shallow = self._shallow = (limit, picked)
-        return shallow[1][:limit]
+        files = self.files()
+        return [files[i] for i in shallow[1][:limit]]
 
 
-def _fold_all(paths: list[str]) -> list[str]:
-    joined = "\0".join(paths)
-    low = joined.lower()
-    if len(low) != len(joined):
-        return [_fold(p) for p in paths]
-    if "ς" in low:
-        low = low.replace("ς", "σ")
-    return low.split("\0") if paths else []
+def _preselect(texts: list[str], paths: list[str], query: str, fuzzy: re.Pattern[str], budget: int) -> list[int]:
+    """
+    ``budget`` indices of many matches: whole tiers, best first (computed with ``str`` methods
+    and regexes, at C speed), then the shortest paths of the first tier that does not fit (ties
+    by path, so the choice does not depend on the listing order).
+    """
+    picked: list[int] = []
+    lengths: list[int] = []
+
+    def fits(group: list[int]) -> bool:
+        """Take ``group`` whole if the budget allows, else its shortest paths, and say so."""
+        room = budget - len(picked)
+        if len(group) < room:
+            picked.extend(group)
+            return True
+        if not lengths:
+            lengths.extend(map(len, paths))
+        picked.extend(_smallest(group, lengths, paths, room))
+        return False
+
+    rest = list(range(len(texts)))
+    names = [t.rpartition("/")[2] for t in texts]
+    rest_names = names
+    # Base names starting with the query: the name itself, name + extension, then the others.
+    mask = list(map(str.startswith, rest_names, repeat(query)))
+    prefixed = list(compress(rest, mask))
+    stem = query + "."
+    exact = [i for i in prefixed if names[i] == query]
+    stems = [i for i in prefixed if names[i].startswith(stem)]
+    others = [i for i in prefixed if names[i] != query and not names[i].startswith(stem)]
+    if not (fits(exact) and fits(stems) and fits(others)):
+        return picked
+    keep = list(map(not_, mask))
+    rest = list(compress(rest, keep))
+    rest_names = list(compress(rest_names, keep))
+    # Then the query inside the base name, as a subsequence of it, inside the path.
+    for on_names, contiguous in ((True, True), (True, False), (False, True)):
+        strings = rest_names if on_names else list(map(texts.__getitem__, rest))
+        if contiguous:
+            found: list[Any] = list(map(str.__contains__, strings, repeat(query)))
+        else:
+            found = list(map(fuzzy.search, strings))
+        if not fits(list(compress(rest, found))):
+            return picked
+        keep = list(map(not_, found))
+        rest = list(compress(rest, keep))
+        if on_names:
+            rest_names = list(compress(rest_names, keep))
+    fits(rest)
+    return picked
+
+
+def _item(root: str, rel: str, kind: str, score: float) -> SearchItem:
+    return SearchItem(
+        path=os.path.join(root, rel), name=rel.rpartition("/")[2], type=kind, score=score, relative_path=rel
+    )
 
 
 def _find_rg() -> str | None:
@@ -638,6 +779,16 @@ class _Deadline:
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+def _grow_pipe(stream: IO[bytes] | None) -> None:
+    """Let rg run ahead of the reader (Linux pipes hold 64 KiB by default)."""
+    if stream is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    try:
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
+    except OSError:
+        pass  # over /proc/sys/fs/pipe-max-size for this user
 
 
 def _finish(proc: subprocess.Popen[bytes]) -> None:
@@ -718,62 +869,21 @@ class FileSearch:
             return []
         cands = self._candidates(root)
         if not query:
-            return [self._item(root, cands, i, 0.0) for i in cands.shallow_files(limit)]
+            return [_item(root, rel, FILE, 0.0) for rel in cands.shallow_files(limit)]
+        if "\0" in query:
+            return []  # no path holds a NUL (and NUL separates the paths in the cache)
         folded_query = _fold(query)
         insensitive = folded_query == query  # smart case: insensitive unless the query has capitals
-        texts = cands.folded if insensitive else cands.paths
         fuzzy = _subsequence_regex(query)
-        matched = cands.matching(query, insensitive, fuzzy)
-        if len(matched) > _SCORE_BUDGET:
-            matched = self._preselect(matched, texts, cands.names(insensitive), cands, query, fuzzy)
-        paths = cands.paths
-        scored = [(score_path(texts[i], paths[i], query, fuzzy), i) for i in matched]
+        found = cands.matching(query, insensitive, fuzzy)
+        texts, paths = found.texts, found.paths
+        candidates: list[int] | range = range(len(texts))
+        budget = max(_SCORE_BUDGET, 4 * limit)
+        if len(texts) > budget:
+            candidates = _preselect(texts, paths, query, fuzzy, budget)
+        scored = [(score_path(texts[i], paths[i], query, fuzzy), i) for i in candidates]
         best = heapq.nsmallest(limit, scored, key=lambda si: (-si[0], paths[si[1]]))
-        return [self._item(root, cands, i, score) for score, i in best]
-
-    @staticmethod
-    def _preselect(
-        matched: list[int],
-        texts: list[str],
-        names: list[str],
-        cands: _Candidates,
-        query: str,
-        fuzzy: re.Pattern[str],
-    ) -> list[int]:
-        """
-        ``_SCORE_BUDGET`` of many matches: whole tiers, best first, computed at C speed, then the
-        shortest paths of the first tier that does not fit (ties by path, so the choice is stable).
-        """
-        tiers: list[tuple[list[str], Callable[[str], Any]]] = [
-            (names, query.__eq__),
-            (names, methodcaller("startswith", query + ".")),
-            (names, methodcaller("startswith", query)),
-            (names, methodcaller("__contains__", query)),
-            (names, fuzzy.search),
-            (texts, methodcaller("__contains__", query)),
-        ]
-        picked: list[int] = []
-        rest = matched
-        for strings, test in tiers:
-            mask = list(map(bool, map(test, map(strings.__getitem__, rest))))
-            hits = list(compress(rest, mask))
-            if len(picked) + len(hits) >= _SCORE_BUDGET:
-                rest = hits
-                break
-            picked += hits
-            rest = list(compress(rest, map(not_, mask)))
-        return picked + _smallest(rest, cands.lengths(), cands.paths, _SCORE_BUDGET - len(picked))
-
-    @staticmethod
-    def _item(root: str, cands: _Candidates, index: int, score: float) -> SearchItem:
-        rel = cands.paths[index]
-        return SearchItem(
-            path=os.path.join(root, rel),
-            name=rel.rpartition("/")[2],
-            type=FILE if index < cands.n_files else DIRECTORY,
-            score=score,
-            relative_path=rel,
-        )
+        return [_item(root, paths[i], FILE if i < found.n_files else DIRECTORY, score) for score, i in best]
 
     def _candidates(self, root: str) -> _Candidates:
         with self._lock:
@@ -791,18 +901,19 @@ class FileSearch:
                 self._cache[root] = cands
                 self._cache.move_to_end(root)
                 while len(self._cache) > MAX_CACHED_ROOTS:
-                    evicted, _ = self._cache.popitem(last=False)
-                    self._root_locks.pop(evicted, None)
+                    self._cache.popitem(last=False)
+                for other in [r for r in self._root_locks if r not in self._cache]:
+                    del self._root_locks[other]
             return cands
 
     def _fresh(self, root: str) -> _Candidates | None:
+        """The unexpired candidates of ``root``; expired lists of every root are dropped (memory)."""
+        now = self._now()
+        for other in [r for r, c in self._cache.items() if now - c.loaded_at >= self.cache_ttl]:
+            del self._cache[other]
         cached = self._cache.get(root)
-        if cached is None:
-            return None
-        if self._now() - cached.loaded_at >= self.cache_ttl:
-            del self._cache[root]
-            return None
-        self._cache.move_to_end(root)
+        if cached is not None:
+            self._cache.move_to_end(root)
         return cached
 
     def _list_files(self, root: str, started: float) -> _Candidates:
@@ -812,31 +923,30 @@ class FileSearch:
             except OSError as exc:
                 self.log.warn("rg could not run ({error}); using the Python walker", error=exc)
                 self.rg_path = None
-        collector = _Collector(self.max_files)
-        batch: list[str] = []
-        for rel in walk_files(root):
-            batch.append(rel)
-            if len(batch) >= 4096:
-                collector.add(batch)
-                batch = []
-                if collector.full:
-                    return collector.result(started, True)
-        collector.add(batch)
-        return collector.result(started, False)
+        files: list[str] = []
+        give_up = time.monotonic() + self.list_timeout
+        truncated = False
+        for rel in walk_files(root, should_stop=lambda: time.monotonic() > give_up):
+            if len(files) >= self.max_files:
+                truncated = True
+                break
+            files.append(rel)
+        text = "\0" + "".join(f"{p}\0" for p in files)
+        return _Candidates(started, text, len(files), truncated or time.monotonic() > give_up)
 
     def _rg_files(self, rg: str, root: str, started: float) -> _Candidates:
-        argv = [rg, "--no-config", "--files", "--null", "--hidden", "--glob", "!.git", "--no-require-git"]
-        argv.append("--no-messages")
         proc = subprocess.Popen(
-            argv, cwd=os.fsencode(root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
+            [rg, *_RG_FILES_ARGS], cwd=os.fsencode(root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _grow_pipe(proc.stdout)
         deadline = _Deadline(proc, self.list_timeout)
-        collector = _Collector(self.max_files)
-        pending = b""
+        chunks = []  # whole NUL-terminated names, without .git
+        pending = b""  # the start of a name cut by a read
+        count = 0
         try:
             assert proc.stdout is not None
-            # Decode, fold and collect directories while rg is still walking.
-            while not collector.full:
+            while count < self.max_files:
                 chunk = proc.stdout.read1(1 << 20)  # type: ignore[attr-defined]
                 if not chunk:
                     break
@@ -844,13 +954,18 @@ class FileSearch:
                 if end < 0:
                     pending += chunk
                     continue
-                names = os.fsdecode(pending + chunk[:end]).split("\0")
+                names = _drop_git(pending + chunk[: end + 1])
                 pending = chunk[end + 1 :]
-                collector.add(names)
+                chunks.append(names)
+                count += names.count(b"\0")
         finally:
             deadline.cancel()
             _finish(proc)
-        return collector.result(started, collector.full or deadline.expired)
+        data = b"".join(chunks)
+        if count > self.max_files:
+            data = b"\0".join(data.split(b"\0", self.max_files)[: self.max_files]) + b"\0"
+        truncated = deadline.expired or count >= self.max_files
+        return _Candidates(started, "\0" + os.fsdecode(data), min(count, self.max_files), truncated)
 
     # ---------------------------------------------------------------- content search
 
@@ -897,6 +1012,10 @@ class FileSearch:
         if max_results < 1:
             raise ApiError("BAD_REQUEST", "maxResults must be at least 1", [{"field": "maxResults", "message": "< 1"}])
         max_results = min(max_results, MAX_CONTENT_RESULTS)
+        for field, text in (("query", query), ("includeGlob", include_glob), ("excludeGlob", exclude_glob)):
+            if not _passable(text or ""):
+                message = f"{field} contains a NUL byte or a lone surrogate"
+                raise ApiError("BAD_REQUEST", message, [{"field": field, "message": "invalid text"}])
         root = os.path.normpath(root)
         _check_directory(root)
         include = _split_globs(include_glob)
@@ -1019,6 +1138,14 @@ class FileSearch:
             if too_late():
                 break
         return found, expired
+
+
+def _passable(text: str) -> bool:
+    """Whether ``text`` can be an argument of a process (no NUL, encodable with surrogateescape)."""
+    try:
+        return b"\0" not in os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
 
 
 def _split_globs(globs: str | None) -> list[str]:

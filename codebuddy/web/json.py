@@ -292,6 +292,7 @@ def read_query(request: Any, model: type[T]) -> T:
     camelCase (or snake_case) name, coerced to the field's type (int, float, bool, str).
     """
     values: dict[str, Any] = {}
+    attrs.resolve_types(model)  # type: ignore[type-var]  # string annotations -> types (cached by attrs)
     for field in attrs.fields(model):  # type: ignore[arg-type]
         name = wire_name(field)
         raw = request.args.get(name.encode()) or request.args.get(field.name.encode())

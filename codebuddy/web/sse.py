@@ -602,6 +602,15 @@ class EventStream:
                 self._done.callback(RESPONSE_WRITTEN)
 
 
-def serve_log(request: Any, log: EventLog, clock: IReactorTime, **kw: Any) -> Deferred[Any]:
-    """Stream ``log`` to ``request`` from the client's :func:`resume_point`; see EventStream."""
-    return EventStream(request, log, clock, **kw).start(resume_point(request))
+def serve_log(
+    request: Any, log: EventLog, clock: IReactorTime, *, from_start: bool = False, **kw: Any
+) -> Deferred[Any]:
+    """
+    Stream ``log`` to ``request`` from the client's :func:`resume_point`; see EventStream.
+    Without a resume point a client gets only new events, or, with ``from_start``, every
+    event the log still holds (for streams whose first events matter, like a watch's start).
+    """
+    after = resume_point(request)
+    if after is None and from_start:
+        after = 0
+    return EventStream(request, log, clock, **kw).start(after)

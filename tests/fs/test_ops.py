@@ -242,3 +242,33 @@ class PathPropertyTests(ApiTestCase):
             self.assertTrue(sentinel.exists())
         finally:
             api.cleanup()
+
+
+class EntryDictTests(FsTestCase):
+    def test_fast_form_matches_model(self) -> None:
+        """The listing's direct dicts equal the EntryInfo model's wire form for every kind of entry."""
+        from codebuddy.fs.entries import entry_dict, entry_from_stat
+        from codebuddy.web.json import unstructure
+
+        (self.ws / "f").write_text("x")
+        (self.ws / "d").mkdir()
+        os.mkfifo(self.ws / "p")
+        os.symlink(self.ws / "f", self.ws / "l")
+        os.chmod(self.ws / "d", 0o1777)
+        for name in ("f", "d", "p", "l"):
+            path = str(self.ws / name)
+            st = os.lstat(path)
+            self.assertEqual(entry_dict(path, st, name), unstructure(entry_from_stat(path, st, name)), name)
+
+    def test_json_listing_matches_dicts(self) -> None:
+        """The listing's JSON text is exactly the JSON of its dicts (unicode and links included)."""
+        import json
+
+        from codebuddy.fs.ops import list_dir, list_dir_json
+
+        (self.ws / "caf\u00e9 \"q\"\\.txt").write_text("x")
+        (self.ws / "sub").mkdir()
+        (self.ws / "sub" / "\U0001f600").write_text("y")
+        os.symlink(self.ws / "sub", self.ws / "link")
+        os.mkfifo(self.ws / "fifo")
+        self.assertEqual(json.loads(list_dir_json(str(self.ws), 2)), {"data": {"entries": list_dir(str(self.ws), 2)}})

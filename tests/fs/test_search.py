@@ -12,6 +12,7 @@ import re
 import shutil
 import tempfile
 from typing import Any
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,6 +121,9 @@ class FuzzyRankingTests(TreeMixin):
         """Among base names holding the query as a subsequence, consecutive characters score higher."""
         make_tree(self.root, {"axbxc.txt": "", "abxc.txt": ""})
         self.assertEqual(self.rels("abc"), ["abxc.txt", "axbxc.txt"])
+        # Even when the consecutive pair leaves a longer gap (and the path is longer).
+        make_tree(self.root, {"xabxxxxc.txt": "", "xaxbxc.txt": ""})
+        self.assertEqual(self.rels("abc")[-2:], ["xabxxxxc.txt", "xaxbxc.txt"])
 
     def test_word_boundaries(self) -> None:
         """Characters at word starts (after _ - . /, camelCase humps) beat characters inside words."""
@@ -202,6 +206,13 @@ class FuzzyRankingTests(TreeMixin):
         """Blanks around the query are ignored."""
         make_tree(self.root, {"main.py": "", "other.txt": ""})
         self.assertEqual(self.rels("  main "), ["main.py"])
+
+    def test_odd_queries(self) -> None:
+        """Queries with NUL, lone surrogates, newlines or regex syntax find what they spell, without errors."""
+        make_tree(self.root, {"a(b).txt": "", "plain.txt": ""})
+        for query in ("\0", "\ud800", "a\nb", "(", "\\", "[^]", "a(b)"):
+            items = self.search(query)
+            self.assertEqual([i.relative_path for i in items], ["a(b).txt"] if query in ("(", "a(b)") else [])
 
     def test_no_match(self) -> None:
         """A query that is no subsequence of any path finds nothing."""
@@ -310,6 +321,10 @@ class IgnoreTests(TreeMixin):
                 ".hidden.js": "",
                 ".git/config": "",
                 ".git/HEAD": "",
+                "vendor/lib/.git": "gitdir: ../../.git/modules/lib",
+                "vendor/other/.git/objects/ab/cdef": "",
+                "vendor/lib/a.git/kept.txt": "",
+                ".github/workflows/ci.yml": "",
             },
         )
 
@@ -327,6 +342,8 @@ class IgnoreTests(TreeMixin):
                 "sub/public.txt",
                 "keep.js",
                 ".hidden.js",
+                "vendor/lib/a.git/kept.txt",
+                ".github/workflows/ci.yml",
             },
         )
         return rels
@@ -380,6 +397,21 @@ class CacheTests(TreeMixin):
         self.assertEqual(self.successResultOf(fs.search(self.root, "late")), [])
         fs.invalidate(self.root)
         self.assertEqual(len(self.successResultOf(fs.search(self.root, "late"))), 1)
+
+    def test_expired_lists_are_dropped(self) -> None:
+        """Once expired, a root's list is dropped at the next search of any root (its memory is freed)."""
+        clock = Clock()
+        fs = self.searcher(clock=clock, cache_ttl=2.0)
+        first, second = os.path.join(self.root, "one"), os.path.join(self.root, "two")
+        make_tree(first, {"a.txt": ""})
+        make_tree(second, {"b.txt": ""})
+        self.successResultOf(fs.search(first, "a"))
+        clock.advance(1)
+        self.successResultOf(fs.search(second, "b"))
+        self.assertEqual(set(fs._cache), {first, second})
+        clock.advance(1.5)
+        self.successResultOf(fs.search(second, "b"))
+        self.assertEqual(set(fs._cache), {second})
 
     def test_cache_is_per_root(self) -> None:
         """Each root has its own candidates; the cache holds a bounded number of roots."""
@@ -489,6 +521,11 @@ class PropertyTests(SynchronousTestCase):
             for query in queries + typed:
                 items = self.successResultOf(fresh.search(root, query, 20))
                 self.assertEqual(self.successResultOf(cached.search(root, query, 20)), items)
+                # Both ways of scanning the cached list (every path, or the paths holding the
+                # query's rarest character) find the same paths.
+                for share in (0.0, 1.0):
+                    with mock.patch.object(search_module, "_rarest", lambda b, q, n, s=share: (q[0], s)):
+                        self.assertEqual(self.successResultOf(fresh.search(root, query, 20)), items)
                 q = query.strip()
                 self.assertLessEqual(len(items), 20)
                 for item in items:
@@ -659,6 +696,13 @@ class ContentSearchTests(TreeMixin):
         self.assertEqual((match.line, match.column), (1, 6))
         self.assertTrue(match.text.endswith(" needle"))
 
+    def test_unencodable_query(self) -> None:
+        """A query with a lone surrogate (possible in JSON) is BAD_REQUEST, not a crash."""
+        make_tree(self.root, {"a.txt": "x\n"})
+        self.assertEqual(self.error("a\ud800").code, "BAD_REQUEST")
+        self.assertEqual(self.error("a", include_glob="\ud800").code, "BAD_REQUEST")
+        self.assertEqual(self.error("a\0b").code, "BAD_REQUEST")
+
     def test_time_bound(self) -> None:
         """When the time bound passes the search stops and reports truncated instead of failing."""
         make_tree(self.root, {f"f{i}.txt": "needle\n" for i in range(5)})
@@ -672,6 +716,39 @@ class FallbackContentSearchTests(ContentSearchTests):
     """The content-search tests with the Python fallback."""
 
     rg_path = None
+
+
+class ContentPropertyTests(TreeMixin):
+    """Random content queries, with rg (when installed) and with the fallback."""
+
+    @settings(max_examples=40)
+    @given(query=st.text(min_size=1, max_size=6), is_regex=st.booleans(), flags=st.tuples(st.booleans(), st.booleans()))
+    def test_random_queries(self, query: str, is_regex: bool, flags: tuple[bool, bool]) -> None:
+        """Any query either finds well-formed hits or is BAD_REQUEST; nothing else goes wrong."""
+        if not os.listdir(self.root):
+            make_tree(
+                self.root,
+                {"a.txt": "Hello (world) [x] *star* ünïcode ß\n\tTabbed line\n", "sub/b.py": "def f(x):\n  return x\n"},
+            )
+        case_sensitive, whole_word = flags
+        for rg in (RG, "") if RG else ("",):
+            d = self.searcher(rg_path=rg).search_content(
+                self.root, query, is_regex=is_regex, case_sensitive=case_sensitive, whole_word=whole_word
+            )
+            failures: list[Any] = []
+            d.addErrback(failures.append)
+            result = self.successResultOf(d)
+            if failures:
+                failures[0].trap(ApiError)
+                self.assertEqual(failures[0].value.code, "BAD_REQUEST")
+                continue
+            for match in result.results:
+                self.assertTrue(match.path.startswith(self.root + "/"))
+                self.assertGreaterEqual(match.line, 1)
+                self.assertGreaterEqual(match.column, 1)
+                self.assertNotIn("\n", match.text)
+                if not is_regex and case_sensitive:
+                    self.assertIn(query, match.text)
 
 
 class GlobTests(SynchronousTestCase):

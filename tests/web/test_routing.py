@@ -246,3 +246,28 @@ class EncodingTests(ApiTestCase):
                     "POST", "/api/v1/items", data=body, headers={"content-type": "application/json"}
                 )
                 self.assertEqual((status, result["error"]["code"]), (400, "BAD_REQUEST"))
+
+
+class FreshQueryModelTests(ApiTestCase):
+    def test_query_types_resolved_before_first_use(self) -> None:
+        """A query model never structured before (string annotations) still coerces its numbers."""
+        import attrs
+        from klein import Klein
+
+        from codebuddy.web.json import json_route
+
+        @attrs.frozen
+        class FreshQuery:
+            limit: int = 5
+            exact: bool = False
+
+        class FreshRoutes:
+            app = Klein()
+
+            @json_route(app, "GET", "/fresh", query=FreshQuery)
+            def fresh(self, request: object, query: FreshQuery) -> dict[str, object]:
+                return {"limit": query.limit, "exact": query.exact}
+
+        api = ApiFixture([FreshRoutes()])
+        data = self.assertData(api.json("GET", "/api/v1/fresh?limit=50&exact=1"))
+        self.assertEqual(data, {"limit": 50, "exact": True})
