@@ -66,6 +66,11 @@ class FileSender:
         handle.seek(offset)
 
     def start(self) -> Deferred[Any]:
+        transport = getattr(getattr(self.request, "channel", None), "transport", None)
+        if getattr(transport, "SEND_LIMIT", CHUNK) < CHUNK:
+            # Twisted sends at most 128 KiB per send(2); let a download hand the kernel
+            # a whole chunk at once (on this connection only).
+            transport.SEND_LIMIT = CHUNK  # type: ignore[union-attr]
         self.request.registerProducer(self, True)
         self._schedule()
         return self.done
@@ -93,8 +98,12 @@ class FileSender:
         self.paused = True
 
     def resumeProducing(self) -> None:
+        # The transport's buffer is empty: refill it now rather than a reactor turn later.
         self.paused = False
-        self._schedule()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._send()
 
     def stopProducing(self) -> None:
         self._close()
