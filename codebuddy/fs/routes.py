@@ -208,7 +208,8 @@ class FsRoutes:
     # -- watching
 
     @json_route(app, "POST", "/fs/watch", body=WatchRequest, stream=True, tags=TAGS,
-                errors=("PATH_REQUIRED", "NOT_FOUND", "PATH_NOT_DIRECTORY", "WATCH_LIMIT_REACHED"),
+                errors=("PATH_REQUIRED", "NOT_FOUND", "PATH_NOT_DIRECTORY", "WATCH_LIMIT_REACHED", "BAD_REQUEST",
+                        "PERMISSION_DENIED"),
                 summary="Watch a directory (SSE)")
     def watch(self, request: Any, body: WatchRequest) -> Deferred[Any]:
         """A ``start`` event, then one ``event: fs_event`` per change (create, write, remove, rename, chmod)."""
@@ -222,7 +223,8 @@ class FsRoutes:
         return serve_log(request, stream.log, self.clock, from_start=True).addBoth(release)
 
     @json_route(app, "POST", "/fs/watcher/create", body=WatchRequest, response=WatcherCreated, tags=TAGS,
-                errors=("PATH_REQUIRED", "NOT_FOUND", "PATH_NOT_DIRECTORY", "WATCH_LIMIT_REACHED"),
+                errors=("PATH_REQUIRED", "NOT_FOUND", "PATH_NOT_DIRECTORY", "WATCH_LIMIT_REACHED", "BAD_REQUEST",
+                        "PERMISSION_DENIED"),
                 summary="Create a polling watcher")
     def create_watcher(self, request: Any, body: WatchRequest) -> WatcherCreated:
         """A watcher whose events are fetched with ``fs/watcher/events`` (removed after 10 idle minutes)."""

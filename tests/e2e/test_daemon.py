@@ -78,8 +78,17 @@ async def test_openapi_and_docs(daemon: Daemon) -> None:
     status, doc, _r = await get_json(daemon.url + "/api/openapi.json")
     assert status == 200
     assert doc["openapi"].startswith("3.0.")
-    for path in ("/api/v1/health", "/api/v1/info", "/api/v1/metrics", "/api/v1/envs", "/api/v1/auth/login"):
-        assert path in doc["paths"]
+    for path in ("/api/v1/health", "/api/v1/info", "/api/v1/metrics", "/api/v1/envs", "/api/v1/auth/login",
+                 "/api/v1/fs/stat", "/api/v1/fs/list", "/api/v1/fs/mkdir", "/api/v1/fs/remove", "/api/v1/fs/move",
+                 "/api/v1/fs/watch", "/api/v1/fs/watcher/create", "/api/v1/fs/watcher/events",
+                 "/api/v1/fs/watcher/remove", "/api/v1/fs/search", "/api/v1/fs/search-content",
+                 "/api/v1/files/download", "/api/v1/files/upload", "/api/v1/files/compose"):
+        assert path in doc["paths"], path
+    refs = {value for value in _walk_refs(doc)}
+    for ref in refs:
+        assert ref.removeprefix("#/components/schemas/") in doc["components"]["schemas"], ref
+    download = doc["paths"]["/api/v1/files/download"]["get"]["responses"]["200"]["content"]
+    assert "application/octet-stream" in download
     response = await treq.get(daemon.url + "/api/docs")
     page = await response.content()
     assert response.code == 200 and b"swagger-ui" in page and b"http" not in page.replace(b"http-equiv", b"")
@@ -87,6 +96,15 @@ async def test_openapi_and_docs(daemon: Daemon) -> None:
         response = await treq.get(daemon.url + asset)
         assert response.code == 200, asset
         assert len(await response.content()) > 100
+
+
+def _walk_refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if "$ref" in node else []
+        return found + [r for value in node.values() for r in _walk_refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _walk_refs(value)]
+    return []
 
 
 @pytest_twisted.ensureDeferred
