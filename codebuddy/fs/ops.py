@@ -99,6 +99,8 @@ def make_dir(path: str) -> EntryInfo:
     except FileExistsError:
         if os.path.isdir(path):
             raise ApiError("ALREADY_EXISTS", f"Directory already exists: {path}") from None
+        if os.path.lexists(path):
+            raise ApiError("ALREADY_EXISTS", f"A file or link already exists at {path}") from None
         raise ApiError("PATH_NOT_DIRECTORY", f"A parent of {path} is not a directory") from None
     except NotADirectoryError:
         raise ApiError("PATH_NOT_DIRECTORY", f"A parent of {path} is not a directory") from None
@@ -155,13 +157,34 @@ def move(source: str, destination: str) -> EntryInfo:
         os.rename(source, destination)
     except OSError as exc:
         if exc.errno == errno.EXDEV:
-            with mapped_errors(destination):
-                shutil.move(source, destination)
+            _move_across(source, destination)
         elif exc.errno == errno.EINVAL:
             raise ApiError("BAD_REQUEST", f"Cannot move {source} into itself") from None
         else:
             raise (os_error(exc, destination) or exc) from None
     return stat_path(destination)
+
+
+def _move_across(source: str, destination: str) -> None:
+    """
+    ``rename(2)`` semantics across filesystems (copy, then remove the source): a file
+    replaces a file, a directory replaces an empty directory; anything else is refused
+    as rename would refuse it (``shutil.move`` would move *into* an existing directory).
+    """
+    source_is_dir = os.path.isdir(source) and not os.path.islink(source)
+    if os.path.lexists(destination):
+        destination_is_dir = os.path.isdir(destination) and not os.path.islink(destination)
+        if destination_is_dir and not source_is_dir:
+            raise ApiError("PATH_NOT_DIRECTORY", f"Is a directory (a file was expected): {destination}")
+        if source_is_dir and not destination_is_dir:
+            raise ApiError("PATH_NOT_DIRECTORY", f"Not a directory: {destination}")
+        if destination_is_dir:
+            with mapped_errors(destination):
+                if os.listdir(destination):
+                    raise ApiError("CONFLICT", f"Directory not empty: {destination}")
+                os.rmdir(destination)
+    with mapped_errors(destination):
+        shutil.move(source, destination)
 
 
 def is_directory(entry: EntryInfo) -> bool:

@@ -55,7 +55,7 @@ class ComposeRequest:
 
     source_paths: list[str] = attrs.field(factory=list, metadata=also_as("source_paths"))
     destination: str | None = None
-    keep_sources: bool = False
+    keep_sources: bool = attrs.field(default=False, metadata=also_as("keep_sources"))
 
 
 @attrs.frozen
@@ -249,7 +249,8 @@ class FsRoutes:
     # -- search
 
     @json_route(app, "GET", "/fs/search", query=SearchQuery, response=SearchResults, top_level=True, tags=TAGS,
-                errors=("NOT_FOUND", "PATH_NOT_DIRECTORY"), summary="Fuzzy file search")
+                errors=("NOT_FOUND", "PATH_NOT_DIRECTORY", "PERMISSION_DENIED", "BAD_REQUEST"),
+                summary="Fuzzy file search")
     def fuzzy_search(self, request: Any, query: SearchQuery) -> Deferred[SearchResults]:
         """fzf-style search over file and directory paths (ripgrep lists them, honouring .gitignore)."""
         root = self.resolver.resolve(query.path) if query.path else self.resolver.workspace
@@ -257,7 +258,8 @@ class FsRoutes:
         return self.search.search(root, query.query, limit).addCallback(SearchResults)
 
     @json_route(app, "POST", "/fs/search-content", body=ContentSearchRequest, response=ContentResults,
-                top_level=True, tags=TAGS, errors=("NOT_FOUND", "PATH_NOT_DIRECTORY"),
+                top_level=True, tags=TAGS,
+                errors=("NOT_FOUND", "PATH_NOT_DIRECTORY", "PERMISSION_DENIED", "BAD_REQUEST"),
                 summary="Search file contents (ripgrep)")
     def search_content(self, request: Any, body: ContentSearchRequest) -> Deferred[ContentResults]:
         """Matching lines with their absolute path, line and column."""

@@ -7,20 +7,22 @@ reactor thread never waits on the disk.
 
 **Fuzzy search** (:meth:`FileSearch.search`)
 
-* Candidates are the files ``rg --files --hidden --glob '!.git' --no-require-git`` lists under
-  the root (``.gitignore``/``.ignore``/``.rgignore`` respected even outside a git repository;
-  hidden files included, ``.git`` not; symlinks not followed), plus every directory that contains
-  one of them, so ``@src/comp`` can pick a directory too. Empty directories are not candidates.
-  At most ``max_files`` files are read per root.
+* Candidates are the files ``rg --files --hidden --no-require-git .`` lists under the root
+  (``.gitignore``/``.ignore``/``.rgignore`` respected even outside a git repository; hidden files
+  included; symlinks not followed), minus ``.git`` (dropped from the listing, see
+  :data:`_RG_FILES_ARGS`), plus every directory that contains one of them, so ``@src/comp`` can
+  pick a directory too. Empty directories are not candidates. At most ``max_files`` files are
+  read per root, and the listing stops after ``list_timeout`` seconds.
 * Without ``rg`` a Python walker is used instead: slower, reads ``.gitignore``/``.ignore``/
   ``.rgignore`` files inside the root only (not those of parent directories, not git's global
   excludes), and always skips ``.git``, ``node_modules`` and a few well-known cache directories
   (:data:`FALLBACK_SKIP_DIRS`).
-* The candidate list is cached per root for ``cache_ttl`` seconds, so typing in the popup (a
-  request every 150 ms) does not walk the tree each time: a new file shows up at most
-  ``cache_ttl`` seconds after it is created. Up to :data:`MAX_CACHED_ROOTS` roots are kept;
-  expired lists are dropped at the next search (a 100k-file list takes about 35 MB).
-  A query that extends the previous one (the user typed on) only re-filters its matches.
+* The file list is cached per root for ``cache_ttl`` seconds, so typing in the popup (a request
+  every 150 ms) does not walk the tree each time: a new file shows up at most ``cache_ttl``
+  seconds after it is created. The list is kept as one NUL-separated string (and its case-folded
+  copy): ~7 MB for 100k files, and cheap to build. Up to :data:`MAX_CACHED_ROOTS` roots are
+  kept; expired lists are dropped at the next search. A query that extends the previous one
+  (the user typed on) only re-filters the previous matches.
 * Matching is fzf-like with smart case: the query (leading/trailing blanks stripped) must be a
   subsequence of the relative path, case-insensitively unless it contains an uppercase letter.
   Results rank in tiers: exact base name, base name = query + extension, base-name prefix,
@@ -28,28 +30,30 @@ reactor thread never waits on the disk.
   subsequence of the path. Inside a tier an fzf-style score rewards consecutive characters,
   characters at word boundaries (after ``/ _ - .`` or a blank, camelCase humps, digits) and a
   match at the start of the base name; shorter paths break ties, then the path itself.
-* Speed: the subsequence filter runs at C speed (one compiled regex without backtracking mapped
-  over the cached, pre-folded paths) and only a few candidates are scored in Python: when more
-  than ``max(200, 4 * limit)`` paths match, whole tiers are taken best first (computed with
-  ``str`` methods and regexes, at C speed) and the last tier that does not fit contributes its
-  shortest paths.
+* Speed: one regex without backtracking scans the cached string (every path once, in C), or,
+  when a query character is rare, only the paths holding it are checked; directories are
+  derived from the matching files (a matching directory is a prefix of matching paths). Only
+  a few candidates are scored in Python: when more than ``max(200, 4 * limit)`` paths match,
+  whole tiers are taken best first (computed with ``str`` methods and regexes, at C speed) and
+  the last tier that does not fit contributes its shortest paths.
 * An empty query lists the shallowest files first (``(depth, path)`` order), score 0.
 * Paths are text decoded with ``os.fsdecode`` (surrogate escapes for non-UTF-8 bytes), so they
   round-trip to the same bytes; serialise them with ``ensure_ascii`` JSON.
 
 **Content search** (:meth:`FileSearch.search_content`) runs ``rg --json`` (fixed strings unless
-``is_regex``, case and whole-word flags as asked, ``--hidden``, ``.git`` excluded, include and exclude globs
-relative to the root as rg's ``--glob`` reads them), stops reading once ``max_results`` lines
-matched (at most :data:`MAX_MATCHES_PER_FILE` per file) or ``content_timeout`` passed, kills
-``rg`` then, and answers the hits sorted by path and line. Without ``rg`` a Python walker with
-``re`` gives the same shape (binary files, i.e. with a NUL byte, skipped; Python's regex dialect).
+``is_regex``, case and whole-word flags as asked, ``--hidden``, ``.git`` excluded, include and
+exclude globs relative to the root as rg's ``--glob`` reads them), stops reading once
+``max_results`` lines matched (at most :data:`MAX_MATCHES_PER_FILE` per file) or
+``content_timeout`` passed, kills ``rg`` then, and answers the hits sorted by path and line
+(``truncated`` says it stopped early). Without ``rg`` a Python walker with ``re`` gives the same
+shape (binary files, i.e. with a NUL byte, skipped; Python's regex dialect). An invalid regex,
+an empty query, a NUL or a lone surrogate in the query or globs are ``BAD_REQUEST``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import heapq
 import json
 import os
@@ -64,7 +68,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from itertools import compress, repeat
-from operator import not_
+from operator import add, not_, or_
 from typing import IO, Any
 
 import attrs
@@ -532,10 +536,10 @@ def _blob_regex(query: str) -> re.Pattern[str]:
     attempt per path, scanning it once (possessive classes: the earliest placement, no backtracking).
     """
     body = "".join(f"[^{c}\\0]*+{c}" for c in map(re.escape, query))
-    return re.compile(f"\\0({body}[^\\0]*+)", re.DOTALL)
+    return re.compile(f"\\0\\./({body}[^\\0]*+)", re.DOTALL)
 
 
-def _rarest(blob: str, query: str, n_paths: int) -> tuple[str, float]:
+def _rarest(blob: str, query: str) -> tuple[str, float]:
     """The query's rarest character in ``blob`` (sampled), with its estimated count per path."""
     if len(blob) <= 1 << 18:
         sample = blob
@@ -544,7 +548,7 @@ def _rarest(blob: str, query: str, n_paths: int) -> tuple[str, float]:
         sample = "".join(blob[i * step : i * step + (1 << 14)] for i in range(16))
     counts = {char: sample.count(char) for char in set(query)}
     rare = min(counts, key=lambda c: (counts[c], c))
-    return rare, counts[rare] * (len(blob) / max(len(sample), 1)) / max(n_paths, 1)
+    return rare, counts[rare] / max(sample.count("\0"), 1)
 
 
 def _drop_git(data: bytes) -> bytes:
@@ -593,14 +597,14 @@ class _Matches:
 @attrs.define
 class _Candidates:
     """
-    The cached file list of one root: relative paths joined as ``\0a\0b/c\0`` (``text``) and
-    the same case-folded (``folded``, same offsets). Keeping two strings instead of lists of
-    strings makes loading cheap; a search scans them with one regex.
+    The cached file list of one root: relative paths joined as ``\0./a\0./b/c\0`` (``text``,
+    what ``rg --files --null .`` prints) and the same case-folded (``folded``, same offsets).
+    Two strings instead of lists of strings make loading cheap; a search scans them with one
+    regex.
     """
 
     loaded_at: float
     text: str
-    n_files: int
     truncated: bool
     _folded: str | None = None
     _files: list[str] | None = None
@@ -618,7 +622,7 @@ class _Candidates:
 
     def files(self) -> list[str]:
         if self._files is None:
-            self._files = self.text[1:-1].split("\0") if self.n_files else []
+            self._files = self.text.replace("\0./", "\0")[1:-1].split("\0") if len(self.text) > 1 else []
         return self._files
 
     def matching(self, query: str, insensitive: bool, fuzzy: re.Pattern[str]) -> _Matches:
@@ -637,13 +641,13 @@ class _Candidates:
         texts: list[str] = []
         paths: list[str] = []
         add_text, add_path = texts.append, paths.append
-        rare, share = _rarest(blob, query, self.n_files)
+        rare, share = _rarest(blob, query)
         if share < _RARE_SHARE:
             # Visit only the paths holding the query's rarest character.
             find, rfind = blob.find, blob.rfind
             pos = find(rare, 1)
             while pos >= 0:
-                start = rfind("\0", 0, pos) + 1
+                start = rfind("\0", 0, pos) + 3  # past "\0./"
                 end = find("\0", pos)
                 candidate = blob[start:end]
                 if fuzzy.search(candidate):
@@ -651,10 +655,12 @@ class _Candidates:
                     add_path(text[start:end])
                 pos = find(rare, end)
         else:
-            for match in _blob_regex(query).finditer(blob):
-                start, end = match.span(1)
-                add_text(blob[start:end])
-                add_path(text[start:end])
+            # Where each matching path ends, where it starts (after "\0./"), then the slices:
+            # C-level maps only, no Python code per path, and no objects kept per path but ints.
+            ends = list(map(re.Match.end, _blob_regex(query).finditer(blob), repeat(1)))
+            starts = list(map(add, map(blob.rfind, repeat("\0"), repeat(0), ends), repeat(3)))
+            texts += map(blob.__getitem__, map(slice, starts, ends))
+            paths += map(text.__getitem__, map(slice, starts, ends))
         # A directory matching the query is an ancestor of matching files (its path is a prefix
         # of theirs), so only those are tested.
         parents = {p.rpartition("/")[0] for p in paths}
@@ -711,10 +717,12 @@ def _preselect(texts: list[str], paths: list[str], query: str, fuzzy: re.Pattern
     # Base names starting with the query: the name itself, name + extension, then the others.
     mask = list(map(str.startswith, rest_names, repeat(query)))
     prefixed = list(compress(rest, mask))
-    stem = query + "."
-    exact = [i for i in prefixed if names[i] == query]
-    stems = [i for i in prefixed if names[i].startswith(stem)]
-    others = [i for i in prefixed if names[i] != query and not names[i].startswith(stem)]
+    prefixed_names = list(map(names.__getitem__, prefixed))
+    is_exact = list(map(query.__eq__, prefixed_names))
+    is_stem = list(map(str.startswith, prefixed_names, repeat(query + ".")))
+    exact = list(compress(prefixed, is_exact))
+    stems = list(compress(prefixed, is_stem))
+    others = list(compress(prefixed, map(not_, map(or_, is_exact, is_stem))))
     if not (fits(exact) and fits(stems) and fits(others)):
         return picked
     keep = list(map(not_, mask))
@@ -782,14 +790,56 @@ class _Deadline:
         self._timer.cancel()
 
 
-def _grow_pipe(stream: IO[bytes] | None) -> None:
-    """Let rg run ahead of the reader (Linux pipes hold 64 KiB by default)."""
-    if stream is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
-        return
-    try:
-        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
-    except OSError:
-        pass  # over /proc/sys/fs/pipe-max-size for this user
+def _scratch_file() -> IO[bytes]:
+    """An anonymous file in memory (memfd) where possible, else a temporary file."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.fdopen(os.memfd_create("codebuddy-rg-files", os.MFD_CLOEXEC), "w+b")
+        except OSError:
+            pass
+    return tempfile.TemporaryFile()
+
+
+class _OutputWatch:
+    """
+    Kills ``proc`` when its output file holds ``max_names`` NUL-terminated names or when
+    ``seconds`` pass (a thread checking every 50 ms).
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], fd: int, max_names: int, seconds: float):
+        self.stopped_rg = False
+        self._proc, self._fd, self._max_names = proc, fd, max_names
+        self._give_up = time.monotonic() + seconds
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="codebuddy-rg-watch", daemon=True)
+        if seconds <= 0:
+            self._kill()
+            self._done.set()
+        self._thread.start()
+
+    def _run(self) -> None:
+        counted = names = 0
+        while not self.stopped_rg:
+            size = os.fstat(self._fd).st_size
+            if size > counted:
+                names += os.pread(self._fd, size - counted, counted).count(b"\0")
+                counted = size
+            if names >= self._max_names or time.monotonic() > self._give_up:
+                self._kill()
+                return
+            if self._done.wait(0.05):
+                return
+
+    def _kill(self) -> None:
+        self.stopped_rg = True
+        try:
+            self._proc.kill()
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _finish(proc: subprocess.Popen[bytes]) -> None:
@@ -932,42 +982,30 @@ class FileSearch:
                 truncated = True
                 break
             files.append(rel)
-        text = "\0" + "".join(f"{p}\0" for p in files)
-        return _Candidates(started, text, len(files), truncated or time.monotonic() > give_up)
+        text = "\0" + "".join(f"./{p}\0" for p in files)
+        return _Candidates(started, text, truncated or time.monotonic() > give_up)
 
     def _rg_files(self, rg: str, root: str, started: float) -> _Candidates:
-        proc = subprocess.Popen(
-            [rg, *_RG_FILES_ARGS], cwd=os.fsencode(root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        _grow_pipe(proc.stdout)
-        deadline = _Deadline(proc, self.list_timeout)
-        chunks = []  # whole NUL-terminated names, without .git
-        pending = b""  # the start of a name cut by a read
-        count = 0
-        try:
-            assert proc.stdout is not None
-            while count < self.max_files:
-                chunk = proc.stdout.read1(1 << 20)  # type: ignore[attr-defined]
-                if not chunk:
-                    break
-                end = chunk.rfind(b"\0")
-                if end < 0:
-                    pending += chunk
-                    continue
-                # "./a\0./b\0" -> "a\0b\0"
-                names = _drop_git((b"\0" + pending + chunk[: end + 1]).replace(b"\0./", b"\0")[1:])
-                pending = chunk[end + 1 :]
-                chunks.append(names)
-                count += names.count(b"\0")
-        finally:
-            deadline.cancel()
-            _finish(proc)
-        data = b"".join(chunks)
-        if count > self.max_files:
+        # rg writes into a memory file read once it exits: through a pipe, the reader would
+        # wake up for every 8 KiB rg writes (a pipe costs ~10% more on one CPU).
+        with _scratch_file() as out:
+            proc = subprocess.Popen(
+                [rg, *_RG_FILES_ARGS], cwd=os.fsencode(root), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            watch = _OutputWatch(proc, out.fileno(), self.max_files, self.list_timeout)
+            try:
+                proc.wait()
+            finally:
+                watch.stop()
+            data = os.pread(out.fileno(), os.fstat(out.fileno()).st_size, 0)
+        data = _drop_git(data[: data.rfind(b"\0") + 1])  # a partial name if rg was killed
+        truncated = watch.stopped_rg
+        # Each name takes at least 4 bytes ("./x\0"): only a long output needs counting.
+        if len(data) >= 4 * self.max_files and data.count(b"\0") >= self.max_files:
             data = b"\0".join(data.split(b"\0", self.max_files)[: self.max_files]) + b"\0"
-        truncated = deadline.expired or count >= self.max_files
-        return _Candidates(started, "\0" + os.fsdecode(data), min(count, self.max_files), truncated)
+            truncated = True
+        return _Candidates(started, "\0" + os.fsdecode(data), truncated)
 
     # ---------------------------------------------------------------- content search
 

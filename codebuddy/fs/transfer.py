@@ -190,7 +190,9 @@ def serve_file(request: Any, path: str, clock: IReactorTime) -> Deferred[Any] | 
         if not stat.S_ISREG(st.st_mode):
             raise ApiError("BAD_REQUEST", f"Not a regular file: {path}")
         size = st.st_size
-        span = parse_range(_header(request, b"range"), size)
+        span = None
+        if _if_range_holds(request, st.st_mtime):
+            span = parse_range(_header(request, b"range"), size)
     except BaseException:
         os.close(fd)
         raise
@@ -200,7 +202,9 @@ def serve_file(request: Any, path: str, clock: IReactorTime) -> Deferred[Any] | 
     request.setHeader(b"content-disposition", content_disposition(name).encode("latin-1"))
     request.setHeader(b"accept-ranges", b"bytes")
     request.setHeader(b"cache-control", b"no-cache")
-    request.setLastModified(st.st_mtime)
+    if request.setLastModified(st.st_mtime) == http.CACHED and span is None:
+        handle.close()
+        return RESPONSE_WRITTEN  # 304 Not Modified (If-Modified-Since)
     if span is None:
         start, length = 0, size
         request.setResponseCode(200)
@@ -213,6 +217,14 @@ def serve_file(request: Any, path: str, clock: IReactorTime) -> Deferred[Any] | 
         handle.close()
         return RESPONSE_WRITTEN
     return FileSender(request, handle, start, length, clock).start()
+
+
+def _if_range_holds(request: Any, mtime: float) -> bool:
+    """``If-Range``: resume only if the client's validator is our Last-Modified date."""
+    value = _header(request, b"if-range")
+    if value is None:
+        return True
+    return value.strip() == http.datetimeToString(int(mtime)).decode()
 
 
 def _header(request: Any, name: bytes) -> str | None:

@@ -230,10 +230,23 @@ class FuzzyRankingTests(TreeMixin):
         files: dict[str, str | bytes] = {f"d{i // 100}/event{i}.txt": "" for i in range(2500)}
         files["deep/down/e"] = ""
         files["zz/e.md"] = ""
+        long_dir = "a-rather/long/directory/path/that/is/longer/than/the/others"
+        files[f"{long_dir}/event.test.ts"] = ""
+        files[f"{long_dir}/x/event"] = ""
         make_tree(self.root, files)
         self.assertEqual(self.rels("e", limit=3, files_only=True)[:2], ["deep/down/e", "zz/e.md"])
         top = self.search("event7", limit=3)
         self.assertEqual(top[0].relative_path, "d0/event7.txt")
+        # Exact and name.ext matches survive the cut even with the longest paths.
+        self.assertEqual(
+            self.rels("event", limit=2, files_only=True), [f"{long_dir}/x/event", f"{long_dir}/event.test.ts"]
+        )
+
+    def test_greek_final_sigma(self) -> None:
+        """Case-insensitive search treats a word-final capital sigma like any sigma."""
+        make_tree(self.root, {"ΟΔΟΣ/χάρτης.txt": "", "other.txt": ""})
+        self.assertEqual(self.rels("οδοσ"), ["ΟΔΟΣ", "ΟΔΟΣ/χάρτης.txt"])
+        self.assertEqual(self.rels("ΟΔΟΣ"), ["ΟΔΟΣ", "ΟΔΟΣ/χάρτης.txt"])
 
     def test_missing_root(self) -> None:
         """A root that does not exist is NOT_FOUND."""
@@ -370,6 +383,21 @@ class IgnoreTests(TreeMixin):
         for rg in (RG, "") if RG else ("",):
             fs = self.searcher(rg_path=rg, max_files=3)
             self.assertEqual(len(self.successResultOf(fs.search(self.root, None, 100))), 3)
+
+
+class ListingBoundTests(TreeMixin):
+    """Listing the files stops at the time bound."""
+
+    def test_list_timeout(self) -> None:
+        """A listing that runs out of time keeps what it found and is marked truncated (rg and walker)."""
+        make_tree(self.root, {f"d{i}/f{j}.txt": "" for i in range(5) for j in range(5)})
+        for rg in (RG, "") if RG else ("",):
+            fs = self.searcher(rg_path=rg, list_timeout=-1)
+            self.assertLess(len(self.successResultOf(fs.search(self.root, None, 100))), 25)
+            self.assertTrue(fs._cache[self.root].truncated)
+            fs = self.searcher(rg_path=rg)
+            self.assertEqual(len(self.successResultOf(fs.search(self.root, None, 100))), 25)
+            self.assertFalse(fs._cache[self.root].truncated)
 
 
 class CacheTests(TreeMixin):
@@ -524,7 +552,7 @@ class PropertyTests(SynchronousTestCase):
                 # Both ways of scanning the cached list (every path, or the paths holding the
                 # query's rarest character) find the same paths.
                 for share in (0.0, 1.0):
-                    with mock.patch.object(search_module, "_rarest", lambda b, q, n, s=share: (q[0], s)):
+                    with mock.patch.object(search_module, "_rarest", lambda b, q, s=share: (q[0], s)):
                         self.assertEqual(self.successResultOf(fresh.search(root, query, 20)), items)
                 q = query.strip()
                 self.assertLessEqual(len(items), 20)

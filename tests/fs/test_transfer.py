@@ -298,3 +298,76 @@ class ComposeTests(TransferTestCase):
                 self.assertError(self.api.json("POST", "/api/v1/files/compose", json=body), status, code)
         self.assertTrue((self.ws / "a").exists())
         self.assertFalse((self.ws / "x").exists())
+
+
+class ConditionalTests(TransferTestCase):
+    def test_if_range(self) -> None:
+        """A Range with a stale If-Range gets the whole file (200); a matching one resumes (206)."""
+        from twisted.web import http
+
+        target = self.ws / "c.bin"
+        target.write_bytes(BINARY)
+        os.utime(target, (1_700_000_000, 1_700_000_000))
+        current = http.datetimeToString(1_700_000_000).decode()
+        stale = http.datetimeToString(1_600_000_000).decode()
+        response, body = self.api.request(
+            "GET", "/api/v1/files/download?path=c.bin", headers={"Range": "bytes=0-9", "If-Range": stale}
+        )
+        self.assertEqual((response.code, body), (200, BINARY))
+        response, body = self.api.request(
+            "GET", "/api/v1/files/download?path=c.bin", headers={"Range": "bytes=0-9", "If-Range": current}
+        )
+        self.assertEqual((response.code, body), (206, BINARY[:10]))
+
+    def test_if_modified_since(self) -> None:
+        """An unchanged file answers 304 Not Modified without a body."""
+        from twisted.web import http
+
+        target = self.ws / "c.bin"
+        target.write_bytes(BINARY)
+        os.utime(target, (1_700_000_000, 1_700_000_000))
+        since = http.datetimeToString(1_700_000_100).decode()
+        response, body = self.api.request("GET", "/api/v1/files/download?path=c.bin",
+                                          headers={"If-Modified-Since": since})
+        self.assertEqual((response.code, body), (304, b""))
+
+    def test_keep_sources_snake_case(self) -> None:
+        """E2B-style keep_sources is honoured too."""
+        (self.ws / "a").write_bytes(b"A")
+        self.assertData(self.api.json("POST", "/api/v1/files/compose",
+                                      json={"source_paths": ["a"], "destination": "b", "keep_sources": True}))
+        self.assertTrue((self.ws / "a").exists())
+
+
+class MoveAcrossTests(TransferTestCase):
+    def test_cross_device_keeps_rename_semantics(self) -> None:
+        """Across filesystems a file is not moved *into* an existing directory; a file replaces a file."""
+        import errno
+        from unittest import mock
+
+        (self.ws / "f.txt").write_text("f")
+        (self.ws / "dir").mkdir()
+        (self.ws / "old.txt").write_text("old")
+        real_rename = os.rename
+
+        def cross_device(src: object, dst: object) -> None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        with mock.patch("os.rename", cross_device):
+            self.assertError(self.api.json("POST", "/api/v1/fs/move", json={"source": "f.txt", "destination": "dir"}),
+                             400, "PATH_NOT_DIRECTORY")
+            self.assertFalse((self.ws / "dir" / "f.txt").exists())
+        def rename_f_across(src: object, dst: object) -> None:
+            if str(src).endswith("f.txt"):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            real_rename(src, dst)  # type: ignore[arg-type]
+
+        with mock.patch("os.rename", rename_f_across):
+            body = {"source": "f.txt", "destination": "old.txt"}
+            self.assertData(self.api.json("POST", "/api/v1/fs/move", json=body))
+        self.assertEqual((self.ws / "old.txt").read_text(), "f")
+
+    def test_mkdir_on_dangling_link(self) -> None:
+        """mkdir where a dangling link stands is 409 ALREADY_EXISTS."""
+        os.symlink("/nonexistent-target", self.ws / "dangling")
+        self.assertError(self.api.json("POST", "/api/v1/fs/mkdir", json={"path": "dangling"}), 409, "ALREADY_EXISTS")
