@@ -152,6 +152,7 @@ class Config:
     loopback_only: bool
     gateway: GatewaySettings
     max_upload_bytes: int = 0
+    upload_fsync: bool = True
     started_at: float = attrs.field(factory=time.time)
 
     @classmethod
@@ -207,6 +208,7 @@ class Config:
             access_log=str(options.get("access-log") or "none"),
             loopback_only=loopback,
             max_upload_bytes=int(_number(env.get("CODEBUDDY_MAX_UPLOAD_BYTES"), 0, "CODEBUDDY_MAX_UPLOAD_BYTES")),
+            upload_fsync=(env.get("CODEBUDDY_UPLOAD_FSYNC") or "1").strip().lower() not in ("0", "false", "no", "off"),
             gateway=GatewaySettings(
                 mode=mode,
                 password=password or None,

@@ -129,7 +129,7 @@ def build_fs(config: Config, reactor: Any, guard: RequestGuard, daemon: MultiSer
     watches = WatchService(reactor)
     watches.setServiceParent(daemon)
     search = FileSearch(run_blocking)
-    uploads = UploadOpener(resolver, guard.admits, config.max_upload_bytes)
+    uploads = UploadOpener(resolver, guard.admits, config.max_upload_bytes, durable=config.upload_fsync)
     return FsRoutes(resolver, run_blocking, reactor, watches, search, uploads)
 
 

@@ -263,8 +263,8 @@ class _Target:
             written = os.write(self.fd, view)
             view = view[written:]
 
-    def commit(self) -> None:
-        """fsync, keep the old file's permissions, rename over the destination."""
+    def commit(self, durable: bool = True) -> None:
+        """fsync (unless not ``durable``), keep the old file's permissions, rename over the destination."""
         assert self.fd is not None
         try:
             old = os.stat(self.destination)
@@ -272,7 +272,8 @@ class _Target:
             old = None
         if old is not None and stat.S_ISREG(old.st_mode):
             os.fchmod(self.fd, old.st_mode & 0o7777)
-        os.fsync(self.fd)
+        if durable:
+            os.fsync(self.fd)
         os.close(self.fd)
         self.fd = None
         os.replace(self.temp, self.destination)
@@ -309,8 +310,10 @@ class UploadSink:
         boundary: bytes | None,
         gzip: bool,
         max_bytes: int = 0,
+        durable: bool = True,
     ):
         self.resolver = resolver
+        self.durable = durable
         self.path = path
         self.multipart = media_type == "multipart/form-data"
         self.decoder = MultipartDecoder(boundary) if self.multipart and boundary else None
@@ -450,7 +453,7 @@ class UploadSink:
         """fsync and rename every temporary file (runs in a thread); the entries written."""
         try:
             for target in self.targets:
-                target.commit()
+                target.commit(self.durable)
         except OSError as exc:
             self._discard_all()
             self.state = "aborted"
@@ -501,10 +504,12 @@ class UploadOpener:
         allowed: Callable[[Any], bool],
         max_bytes: int = 0,
         free_space: Callable[[str], int] | None = None,
+        durable: bool = True,
     ):
         self.resolver = resolver
         self.allowed = allowed
         self.max_bytes = max_bytes
+        self.durable = durable
         self.free_space = free_space or _free_space
 
     def open_body(self, request: Any, uri: bytes, length: int | None) -> Any:
@@ -535,6 +540,7 @@ class UploadOpener:
                     params.get("boundary", "").encode("latin-1") or None,
                     gzip=encoding in ("gzip", "x-gzip"),
                     max_bytes=self.max_bytes,
+                    durable=self.durable,
                 )
             except ApiError as exc:
                 sink_error = exc

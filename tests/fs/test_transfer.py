@@ -371,3 +371,19 @@ class MoveAcrossTests(TransferTestCase):
         """mkdir where a dangling link stands is 409 ALREADY_EXISTS."""
         os.symlink("/nonexistent-target", self.ws / "dangling")
         self.assertError(self.api.json("POST", "/api/v1/fs/mkdir", json={"path": "dangling"}), 409, "ALREADY_EXISTS")
+
+
+class DurabilityTests(ApiTestCase):
+    def test_fsync_by_default_and_optional(self) -> None:
+        """Uploads are fsynced before the rename unless the operator turned it off."""
+        from unittest import mock
+
+        for durable, expected in ((True, 1), (False, 0)):
+            api = FsFixture()
+            self.addCleanup(api.cleanup)
+            api.uploads.durable = durable
+            with mock.patch("os.fsync") as fsync:
+                self.assertData(api.json("POST", "/api/v1/files/upload?path=d.txt", data=b"data",
+                                         headers={"Content-Type": "application/octet-stream"}))
+            self.assertEqual(fsync.call_count, expected)
+            self.assertEqual((api.workspace / "d.txt").read_bytes(), b"data")
