@@ -8,6 +8,9 @@ twistd a ``MultiService``. Nothing below it imports the global reactor.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import socket
 import sys
@@ -111,6 +114,16 @@ class Options(usage.Options):
         """Print the codebuddy version and exit."""
         print(f"codebuddy {__version__}")
         sys.exit(0)
+
+
+def release_startup_memory() -> None:
+    """Hand the garbage of start-up (imports, the OpenAPI build) back to the OS."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def blocking_runner(reactor: Any) -> Callable[..., Deferred[Any]]:
@@ -239,6 +252,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
             session=config.session_id,
             mode=guard.settings.mode,
         )
+        reactor.callLater(0, release_startup_memory)
 
     http_service = HTTPService(endpoint, site, config.endpoint, on_listening=on_listening)
     http_service.setServiceParent(daemon)
