@@ -1,0 +1,1 @@
+"""The process area: E2B-compatible process management with streamed output."""
