@@ -41,7 +41,10 @@ from codebuddy.fs.routes import FsRoutes
 from codebuddy.fs.search import FileSearch
 from codebuddy.fs.transfer import UploadOpener
 from codebuddy.fs.watch import WatchService
-from codebuddy.system.info import SystemInfo
+from codebuddy.process.manager import ProcessManager
+from codebuddy.process.routes import ProcessRoutes
+from codebuddy.process.spawn import Spawner
+from codebuddy.system.info import SystemInfo, child_environment
 from codebuddy.system.routes import SystemRoutes
 from codebuddy.web.auth import RequestGuard
 from codebuddy.web.openapi import DocsResource, OpenAPIResource, build_openapi
@@ -146,6 +149,17 @@ def build_fs(config: Config, reactor: Any, guard: RequestGuard, daemon: MultiSer
     return FsRoutes(resolver, run_blocking, reactor, watches, search, uploads)
 
 
+def build_process(
+    config: Config, reactor: Any, guard: RequestGuard, daemon: MultiService, environ: Mapping[str, str]
+) -> ProcessRoutes:
+    """The process area: one Spawner (children killed on stop), the process table and its routes."""
+    spawner = Spawner(reactor, environ=child_environment(environ), default_cwd=str(config.workspace))
+    spawner.setServiceParent(daemon)
+    manager = ProcessManager(spawner, str(config.workspace), reactor)
+    manager.setServiceParent(daemon)
+    return ProcessRoutes(manager, reactor, guard.admits)
+
+
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
     """The server endpoint for ``description``, or SystemExit with one clear line."""
     try:
@@ -220,7 +234,11 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         environ=environ,
         started_at=config.started_at,
     )
-    areas: list[Any] = [SystemRoutes(system, guard), build_fs(config, reactor, guard, daemon)]
+    areas: list[Any] = [
+        SystemRoutes(system, guard),
+        build_fs(config, reactor, guard, daemon),
+        build_process(config, reactor, guard, daemon, environ),
+    ]
     root, v1 = build_root(
         guard,
         areas,
