@@ -22,19 +22,22 @@ in this process are pinned to the daemon's CPU):
 
 from __future__ import annotations
 
-import argparse
-import http.client
-import json
 import os
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+# bench/http.py would shadow the standard library's http package: keep this folder last.
+_BENCH_DIR = os.path.dirname(os.path.realpath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _BENCH_DIR] + [_BENCH_DIR]
+
+import argparse  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from _common import (  # noqa: E402
     Target,
@@ -173,6 +176,7 @@ def main() -> int:
     scratch = Path(tempfile.mkdtemp(prefix="codebuddy-procbench-"))
     try:
         port = free_port()
+        (scratch / "daemon").mkdir()
         launch = codebuddy_launch(template, port, scratch / "daemon")
         with running(launch, scratch / "daemon", server_cpu) as server:
             wait_until_healthy(server, launch.ready_timeout)
