@@ -92,7 +92,10 @@ def format_event(
         if retry < 0:
             raise ValueError(f"SSE retry must be >= 0, got {retry}")
         lines.append(f"retry: {int(retry)}")
-    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    if "\n" in data or "\r" in data:
+        lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    else:  # the usual case (one JSON document): no regex over a possibly large payload
+        lines.append("data: " + data)
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
