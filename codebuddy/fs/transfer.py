@@ -34,6 +34,7 @@ from codebuddy.fs.entries import EntryInfo, entry_info
 from codebuddy.fs.paths import Resolver, os_error
 from codebuddy.web.errors import ApiError
 from codebuddy.web.json import RESPONSE_WRITTEN
+from codebuddy.web.server import StreamedBody
 
 CHUNK = 1024 * 1024
 DIR_MODE = 0o755
@@ -291,7 +292,7 @@ class _Target:
             pass
 
 
-class UploadSink:
+class UploadSink(StreamedBody):
     """
     The body of an upload request (used by twisted.web as ``request.content``).
 
@@ -319,7 +320,6 @@ class UploadSink:
         self.decoder = MultipartDecoder(boundary) if self.multipart and boundary else None
         self.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
         self.max_bytes = max_bytes
-        self.received = 0
         self.written = 0
         self.targets: list[_Target] = []
         self.current: _Target | None = None
@@ -331,8 +331,7 @@ class UploadSink:
 
     # -- the file-like interface twisted.web uses
 
-    def write(self, data: bytes) -> None:
-        self.received += len(data)
+    def consume(self, data: bytes) -> None:
         if self.error is not None or self.state != "receiving":
             return
         try:
@@ -345,15 +344,6 @@ class UploadSink:
             self._fail(ApiError("BAD_REQUEST", f"Invalid gzip body: {exc}"))
         except OSError as exc:
             self._fail(os_error(exc, self.current.destination if self.current else None) or _io_error(exc))
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.received
-
-    def tell(self) -> int:
-        return self.received
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
 
     def close(self) -> None:
         """The request is over (answered, or the connection was lost): drop what is not committed."""
@@ -551,27 +541,11 @@ class UploadOpener:
         return FailedBody(sink_error)
 
 
-class FailedBody:
+class FailedBody(StreamedBody):
     """A body that is refused before it arrives: counted and dropped, answered with ``error``."""
 
     def __init__(self, error: ApiError):
         self.error = error
-        self.received = 0
-
-    def write(self, data: bytes) -> None:
-        self.received += len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.received
-
-    def tell(self) -> int:
-        return self.received
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
 
 
 def _free_space(path: str) -> int:

@@ -69,6 +69,7 @@ import os
 import secrets
 import stat
 import struct
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -444,7 +445,7 @@ class _Dir:
     subs: set[_Subscription] = attrs.field(factory=set)
 
 
-class _Subscription:
+class _Subscription(ABC):
     """What streams and polling watchers share: a root, its options and the directories held."""
 
     def __init__(self, root: str, recursive: bool, include_entry: bool) -> None:
@@ -454,18 +455,20 @@ class _Subscription:
         self.dirs: set[str] = set()
         self.active = True
 
+    @abstractmethod
     def _deliver(self, event: FsEvent) -> None:
-        raise NotImplementedError
+        """Hand one change to the client."""
 
+    @abstractmethod
     def _report(self, code: str, message: str) -> None:
-        raise NotImplementedError
+        """Tell the client about a watcher problem (overflow, watch limit) without ending."""
 
+    @abstractmethod
     def _ended(self, code: str, message: str, announce: bool) -> None:
         """
         The watched directory is gone and the watches are released. ``announce``: also send
         ``message`` as an ``error`` event (False when a final ``remove``/``rename`` of ``"."`` said it).
         """
-        raise NotImplementedError
 
 
 class WatchStream(_Subscription):

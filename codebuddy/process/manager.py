@@ -38,8 +38,7 @@ from zope.interface import implementer
 from codebuddy.process.buffer import DEFAULT_CAPACITY, Chunk, OutputBuffer, Stream, Subscription, b64
 from codebuddy.process.spawn import Child, ExitInfo, Spawner, SpawnError
 from codebuddy.web.errors import ApiError
-from codebuddy.web.json import RESPONSE_WRITTEN
-from codebuddy.web.sse import CONTENT_TYPE, DEFAULT_HEARTBEAT, format_event
+from codebuddy.web.sse import CONTENT_TYPE, DEFAULT_HEARTBEAT, close_response, format_event
 
 __all__ = [
     "DEFAULT_RETAIN",
@@ -474,14 +473,6 @@ class OutputStream:
         if self._sub is not None:
             self._sub.cancel()
         gone = self._disconnected or bool(getattr(self._request, "_disconnected", False))
-        if self._registered:
-            self._registered = False
-            if not (gone and getattr(self._request, "channel", True) is None):
-                self._request.unregisterProducer()
-        try:
-            if not gone:
-                self._request.finish()
-        finally:
-            if not self._done.called:
-                self._done.callback(RESPONSE_WRITTEN)
+        registered, self._registered = self._registered, False
+        close_response(self._request, registered=registered, gone=gone, done=self._done)
 

@@ -38,6 +38,7 @@ from codebuddy.process.manager import (
 from codebuddy.process.spawn import SpawnError, StdinClosedError
 from codebuddy.web.errors import ApiError
 from codebuddy.web.json import also_as, json_route, structure
+from codebuddy.web.server import StreamedBody
 from codebuddy.web.sse import resume_point
 
 TAGS = ("Processes",)
@@ -369,7 +370,7 @@ def apply_input(proc: Any, value: ProcessInput, encoding: str) -> None:
         raise ApiError("CONFLICT", str(exc)) from None
 
 
-class InputSink:
+class InputSink(StreamedBody):
     """The body of ``process/input/stream``: NDJSON lines applied as they arrive."""
 
     MAX_LINE = 16 * 1024 * 1024
@@ -377,13 +378,11 @@ class InputSink:
     def __init__(self, routes: ProcessRoutes) -> None:
         self.routes = routes
         self.error: ApiError | None = None
-        self.received = 0
         self._pending = b""
         self._proc: Any = None
         self._encoding = "text"
 
-    def write(self, data: bytes) -> None:
-        self.received += len(data)
+    def consume(self, data: bytes) -> None:
         if self.error is not None:
             return
         self._pending += data
@@ -427,19 +426,6 @@ class InputSink:
             self._fail(exc)
         except (ValueError, TypeError, AttributeError) as exc:
             self._fail(ApiError("BAD_REQUEST", f"invalid input line: {exc}"))
-
-    # the file-like surface twisted.web expects
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.received
-
-    def tell(self) -> int:
-        return self.received
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
 
 
 class InputStreamOpener:

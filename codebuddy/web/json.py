@@ -163,7 +163,7 @@ def dumps(value: Any) -> bytes:
     Compact UTF-8 JSON of an already unstructured value.
 
     Strings that cannot be UTF-8 (lone surrogates, e.g. undecodable file names read with
-    ``surrogateescape``) are written as ``\\uXXXX`` escapes instead of failing.
+    ``surrogateescape``) are written as JSON ``\\u`` escapes instead of failing.
     """
     text = _encoder.encode(value)
     try:

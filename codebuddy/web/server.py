@@ -81,6 +81,35 @@ class BoundedBody:
         self._file.close()
 
 
+class StreamedBody:
+    """
+    Base of the bodies that body openers return: twisted.web writes every chunk to
+    ``request.content`` and asks for its size, but the bytes go elsewhere as they arrive
+    (:meth:`consume`), so there is nothing to read back. ``received`` counts what came in.
+    """
+
+    received = 0
+
+    def write(self, data: bytes) -> None:
+        self.received += len(data)
+        self.consume(data)
+
+    def consume(self, data: bytes) -> None:
+        """Use one chunk of the body (nothing by default: the body is dropped)."""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.received
+
+    def tell(self) -> int:
+        return self.received
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        """The request is over (answered, or its connection lost)."""
+
+
 class CodeBuddyRequest(Request):
     """A request whose body is bounded (see :class:`BoundedBody`)."""
 

@@ -591,18 +591,25 @@ class EventStream:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        gone = self._request_gone()
-        if self._registered:
-            self._registered = False
-            # A real Request drops its channel on connectionLost; nothing is left to unregister.
-            if not (gone and getattr(self._request, "channel", True) is None):
-                self._request.unregisterProducer()
-        try:
-            if not gone:
-                self._request.finish()
-        finally:
-            if not self._done.called:
-                self._done.callback(RESPONSE_WRITTEN)
+        registered, self._registered = self._registered, False
+        close_response(self._request, registered=registered, gone=self._request_gone(), done=self._done)
+
+
+def close_response(request: Any, *, registered: bool, gone: bool, done: Deferred[Any]) -> None:
+    """
+    End a streamed response: unregister the stream's producer, finish the request unless the
+    client is ``gone``, then fire ``done`` with ``RESPONSE_WRITTEN`` (once). Shared by every
+    stream that writes to a request itself (event logs, process output).
+    """
+    if registered and not (gone and getattr(request, "channel", True) is None):
+        # A real Request drops its channel on connectionLost; nothing is left to unregister then.
+        request.unregisterProducer()
+    try:
+        if not gone:
+            request.finish()
+    finally:
+        if not done.called:
+            done.callback(RESPONSE_WRITTEN)
 
 
 def serve_log(
