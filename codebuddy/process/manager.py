@@ -21,7 +21,6 @@ The process table (ARCHITECTURE.md §3 "Processes", §5; e2b.md §2, §6 rows 1-
 
 from __future__ import annotations
 
-import json
 import os
 import signal as _signal
 from typing import Any
@@ -38,7 +37,7 @@ from zope.interface import implementer
 from codebuddy.process.buffer import DEFAULT_CAPACITY, Chunk, OutputBuffer, Stream, Subscription, b64
 from codebuddy.process.spawn import Child, ExitInfo, Spawner, SpawnError
 from codebuddy.web.errors import ApiError
-from codebuddy.web.sse import CONTENT_TYPE, DEFAULT_HEARTBEAT, close_response, format_event
+from codebuddy.web.sse import CONTENT_TYPE, DEFAULT_HEARTBEAT, close_response, compact_json, format_event
 
 __all__ = [
     "DEFAULT_RETAIN",
@@ -335,9 +334,6 @@ def collect_output(buffer: OutputBuffer, encoding: str) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in joined.items()}
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-
 
 @implementer(IPushProducer)
 class OutputStream:
@@ -387,7 +383,7 @@ class OutputStream:
         request.notifyFinish().addErrback(self._connection_lost)
         request.registerProducer(self, True)
         self._registered = True
-        request.write(format_event(_dumps({"pid": self._proc.pid}), event="start", id=offset))
+        request.write(format_event(compact_json({"pid": self._proc.pid}), event="start", id=offset))
         self._sub = buffer.subscribe(self, offset)
         if self._heartbeat_interval:
             self._heartbeat = LoopingCall(self._beat)
@@ -404,16 +400,16 @@ class OutputStream:
         if self._ended:
             return
         for stream, text in self._text.flush():
-            self._request.write(format_event(_dumps({stream: text}), event="data"))
+            self._request.write(format_event(compact_json({stream: text}), event="data"))
         info = self._proc.exit_info
         payload = end_payload(info, self._proc.timed_out) if info is not None else {"exited": False}
-        self._request.write(format_event(_dumps(payload), event="end", id=self._proc.buffer.end_offset))
+        self._request.write(format_event(compact_json(payload), event="end", id=self._proc.buffer.end_offset))
         self._end()
 
     def lagged(self, next_offset: int) -> None:
         if self._ended:
             return
-        self._request.write(format_event(_dumps({"nextOffset": next_offset}), event="lagged", id=next_offset))
+        self._request.write(format_event(compact_json({"nextOffset": next_offset}), event="lagged", id=next_offset))
         self._end()
 
     # IPushProducer
@@ -446,14 +442,14 @@ class OutputStream:
     def _send(self, chunk: Chunk) -> None:
         stream: Stream = chunk.stream
         if self._base64:
-            self._request.write(format_event(_dumps({stream: b64(chunk.data)}), event="data", id=chunk.end))
+            self._request.write(format_event(compact_json({stream: b64(chunk.data)}), event="data", id=chunk.end))
             return
         text = self._text.feed(stream, chunk.data)
         held = sum(len(v) for v in self._text.held.values())
         own = len(self._text.held.get(stream, b""))
         event_id = chunk.end - own if held == own else None
         if text:
-            self._request.write(format_event(_dumps({stream: text}), event="data", id=event_id))
+            self._request.write(format_event(compact_json({stream: text}), event="data", id=event_id))
 
     def _beat(self) -> None:
         if not self._ended and not self._paused:

@@ -105,7 +105,7 @@ def format_comment(text: str = "") -> bytes:
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
-def _compact_json(obj: Any) -> str:
+def compact_json(obj: Any) -> str:
     """Compact single-line JSON; ASCII escapes when the text cannot be encoded as UTF-8."""
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
@@ -266,7 +266,7 @@ class EventLog:
 
     def append_json(self, obj: Any, event: str | None = None) -> Event:
         """Append ``obj`` serialised as compact single-line JSON."""
-        return self.append(_compact_json(obj), event)
+        return self.append(compact_json(obj), event)
 
     def close(self) -> None:
         """Mark the stream finished and tell every subscriber; idempotent."""
@@ -454,7 +454,7 @@ class EventStream:
             stale = after > self._event_log.last_id
             if stale or self._event_log.gap(after):
                 gap = {"lastEventId": after, "firstAvailableId": self._event_log.first_id}
-                self._send(format_event(_compact_json(gap), event="gap"), None)
+                self._send(format_event(compact_json(gap), event="gap"), None)
             backlog = self._event_log.events_after(0 if stale else after)
         else:
             backlog = list(self._initial_events)
@@ -553,7 +553,7 @@ class EventStream:
         self._queue.clear()
         self._queued_bytes = 0
         self.lagged = True
-        data = _compact_json({"lastEventId": self.last_written_id})
+        data = compact_json({"lastEventId": self.last_written_id})
         # Written even while paused: the transport buffers this one small frame.
         self._request.write(format_event(data, event="lagged", id=self.last_written_id))
         self.log.info(
