@@ -1,19 +1,18 @@
 """
 The one spawn path: every child process of the daemon is started here.
 
-* Pipes (stdin/stdout/stderr) or a PTY, both through ``reactor.spawnProcess``.
+* Pipes (stdin/stdout/stderr) or a PTY, through Twisted's process transports.
 * **Every child leads its own session and process group** (``pgid == pid``), so signals, timeouts
-  and shutdown reach grandchildren too (E2B's "children survive kill" complaint). PTY children get
-  ``setsid`` from Twisted's PTY path. Pipe children are started through util-linux ``setsid(1)``
-  (``setsid PROG ARGS``; when the child's cwd differs from the daemon's, ``env -C CWD setsid ...``).
-  Why: Twisted's ``posix_spawnp`` path has no ``setsid`` option and is only taken when ``path`` is
-  the daemon's cwd; its fork path costs ~11 ms per spawn (more in a big daemon). Measured per
-  start+exit of ``true`` (small Python process): ``os.posix_spawn`` 0.85 ms, Twisted + ``setsid``
-  2.7 ms, Twisted + ``env -C`` + ``setsid`` 3.0 ms, Twisted fork path 10.9 ms, a Python shim 16 ms.
-  Because the program is exec'd by ``setsid``, the child's ``argv[0]`` is the resolved absolute path.
+  and shutdown reach grandchildren too (E2B's "children survive kill" complaint). On glibc the child
+  is started by one ``posix_spawn`` with ``setsid`` and ``chdir`` (:mod:`codebuddy.process.native`,
+  ~0.85 ms per start+exit of ``true``, the same as :func:`os.posix_spawn`); a PTY child opens its
+  tty slave after ``setsid``, which makes it the controlling terminal. Elsewhere pipe children go
+  through util-linux ``setsid(1)`` (and ``env -C CWD`` when the cwd differs from the daemon's; each
+  extra exec costs ~0.7 ms) and PTY children through Twisted's fork path (~11 ms in a big daemon).
 * Commands that cannot start raise :class:`SpawnError` synchronously (executable looked up on the
-  child's ``PATH`` relative to the child's cwd, cwd checked); a late exec failure still shows as
-  ``setsid``'s message on stderr and exit status 126/127.
+  child's ``PATH`` relative to the child's cwd, cwd checked; with ``posix_spawn`` an exec failure is
+  reported too). On the fallback path a late exec failure shows as ``setsid``'s message on stderr
+  and exit status 126/127. The child's ``argv[0]`` is the resolved absolute path.
 * :meth:`ChildProtocol.exited` comes exactly once, after every byte of output was delivered. If the
   leader has exited but a background grandchild still holds the output pipes, the pipes are closed
   after ``drain_timeout`` seconds (E2B stops waiting too), unless output is paused.
@@ -28,21 +27,26 @@ import fcntl
 import os
 import shutil
 import signal as _signal
+import stat
 import struct
 import sys
 import termios
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet import main
+from twisted.internet import abstract, main, process
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from codebuddy.process import native
 
 __all__ = ["Child", "ChildProtocol", "ExitInfo", "SpawnError", "Spawner", "StdinClosedError"]
 
@@ -104,6 +108,13 @@ class _Bridge(ProcessProtocol):
 
     def __init__(self, child: Child) -> None:
         self._child = child
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802 (Twisted's name)
+        # Twisted connects us before it first tries to reap the child, and a child that has
+        # already exited is reaped right then, which clears transport.pid: take it now.
+        self._child._transport = transport
+        self._child.pid = self._child.pgid = transport.pid  # setsid: session and group leader
+        super().makeConnection(transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N802 (Twisted's name)
         self._child._data(childFD, data)
@@ -314,13 +325,12 @@ def _set_winsize(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _is_exec_file(path: str) -> bool:
-    return os.path.isfile(path) and os.access(path, os.X_OK)
-
-
 READ_SIZE = 256 * 1024
 PIPE_SIZE = 1024 * 1024
 _F_SETPIPE_SZ = 1031
+# One read buffer for every pipe: the reactor reads one descriptor at a time.
+_read_buffer = bytearray(READ_SIZE)
+_read_view = memoryview(_read_buffer)
 
 
 def _read_in_large_chunks(transport: Any) -> None:
@@ -340,18 +350,22 @@ def _read_in_large_chunks(transport: Any) -> None:
 
 
 def _large_reader(reader: Any) -> Callable[[], Any]:
-    """``fdesc.readFromFD`` with a bigger read, bound to one ProcessReader."""
+    """
+    ``fdesc.readFromFD`` with a bigger read, bound to one ProcessReader. It reads into a
+    preallocated buffer and copies out only what arrived: ``os.read(fd, 256 KiB)`` allocates
+    (and page-faults) 256 KiB per call, then shrinks it, which costs more CPU than the copy.
+    """
 
     def do_read() -> Any:
         try:
-            output = os.read(reader.fd, READ_SIZE)
+            count = os.readv(reader.fd, [_read_buffer])
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EINTR):
                 return None
             return main.CONNECTION_LOST
-        if not output:
+        if not count:
             return main.CONNECTION_DONE
-        reader.dataReceived(output)
+        reader.dataReceived(_read_view[:count].tobytes())
         return None
 
     return do_read
@@ -363,21 +377,138 @@ def _resolve(name: str, path_var: str, cwd: str) -> str:
         raise SpawnError("No such file or directory: ''")
     if "/" in name:
         full = os.path.join(cwd, name)
-        if not os.path.exists(full):
-            raise SpawnError(f"No such file or directory: {name!r}")
-        if os.path.isdir(full):
+        try:
+            mode = os.stat(full).st_mode
+        except OSError:
+            raise SpawnError(f"No such file or directory: {name!r}") from None
+        if stat.S_ISDIR(mode):
             raise SpawnError(f"Is a directory: {name!r}")
         if not os.access(full, os.X_OK):
             raise SpawnError(f"Permission denied: {name!r}")
         return os.path.abspath(full)
-    found = shutil.which(name, path=os.pathsep.join(os.path.join(cwd, d or ".") for d in path_var.split(os.pathsep)))
-    if found is not None:
-        return os.path.abspath(found)
-    for d in path_var.split(os.pathsep):
-        candidate = os.path.join(cwd, d or ".", name)
-        if os.path.isfile(candidate):
-            raise SpawnError(f"Permission denied: {name!r}")
-    raise SpawnError(f"No such file or directory: {name!r}")
+    denied = False
+    for directory in path_var.split(os.pathsep):
+        candidate = os.path.join(cwd, directory or ".", name)
+        try:
+            mode = os.stat(candidate).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            continue
+        if os.access(candidate, os.X_OK):
+            return os.path.abspath(candidate)
+        denied = True
+    raise SpawnError(f"{'Permission denied' if denied else 'No such file or directory'}: {name!r}")
+
+
+def _check_strings(argv: list[str], env: Mapping[str, str], cwd: str) -> None:
+    """What ``execve`` cannot take: NUL bytes anywhere, environment names that are empty or hold
+    '=', and text that has no bytes (lone surrogates other than undecodable file-name bytes)."""
+    if any("\0" in a for a in argv):
+        raise SpawnError("an argument contains a NUL byte")
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key:
+            raise SpawnError(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise SpawnError(f"environment variable {key!r} contains a NUL byte")
+    if "\0" in cwd:
+        raise SpawnError("cwd contains a NUL byte")
+    for text in (*argv, *env, *env.values(), cwd):
+        try:
+            os.fsencode(text)
+        except UnicodeEncodeError:
+            raise SpawnError(f"{text!r} holds a lone surrogate, which is not text") from None
+
+
+def _inheritable_fds() -> list[tuple[int, bool]]:
+    """(fd, close-on-exec) for every open descriptor, as Twisted's spawn path computes them."""
+    state = []
+    for fd in process._listOpenFDs():
+        try:
+            state.append((fd, bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)))
+        except OSError:
+            pass
+    return state
+
+
+def _child_fds(fdmap: Mapping[int, int]) -> list[native.Action]:
+    """File actions that give the child ``fdmap`` (child fd -> parent fd) and nothing else."""
+    actions: list[native.Action] = []
+    if native.CLOSEFROM:
+        # Twisted's planner copes with parent fds that collide with child fds; marking every parent
+        # fd close-on-exec makes it emit only the dup2s. closefrom(3) then drops every other fd.
+        state = [(fd, True) for fd in set(fdmap.values())]
+        ops = process._getFileActions(state, dict(fdmap), doClose=0, doDup2=1)
+    else:
+        ops = process._getFileActions(_inheritable_fds(), dict(fdmap), doClose=0, doDup2=1)
+    for op in ops:
+        actions.append(("close", op[1]) if op[0] == 0 else ("dup2", op[1], op[2]))
+    if native.CLOSEFROM:
+        actions.append(("closefrom", 3))
+    return actions
+
+
+def _env_list(environment: Mapping[bytes, bytes]) -> list[bytes]:
+    return [k + b"=" + v for k, v in environment.items()]
+
+
+class _SessionProcess(process.Process):
+    """Twisted's pipe transport, its child started by :func:`native.spawn` (new session, own cwd)."""
+
+    def _trySpawnInsteadOfFork(  # noqa: N802 (Twisted's name)
+        self, path: str, uid: Any, gid: Any, executable: str, args: list[str], environment: Any, kwargs: Any
+    ) -> bool:
+        self.pid = native.spawn(executable, args, _env_list(environment), cwd=path,  # type: ignore[assignment]
+                                actions=_child_fds(kwargs["fdmap"]))
+        self.status = -1
+        return True
+
+
+class _SessionPTYProcess(process.PTYProcess):
+    """
+    Twisted's PTY transport with two changes:
+
+    * Its child is started by :func:`native.spawn` where that is available: after ``setsid``
+      it opens the tty slave by name (which makes it the controlling terminal) as fds 0-2.
+    * The master stays open until the child is reaped. Twisted closes it as soon as reading
+      it fails (every slave fd closed), but a program closes its fds just before it exits
+      (coreutils' ``cat`` does), and closing the master then hangs up the tty, which kills
+      the still-living session leader with SIGHUP: a clean ``exit 0`` would read as
+      ``signal: hangup``.
+    """
+
+    _master_open_until_reaped = False
+
+    def _trySpawnInsteadOfFork(  # noqa: N802 (Twisted's name)
+        self, path: str, uid: Any, gid: Any, executable: str, args: list[str], environment: Any, kwargs: Any
+    ) -> bool:
+        if not native.AVAILABLE:
+            return False  # Twisted's fork path: setsid and TIOCSCTTY in the child
+        tty = os.ttyname(kwargs["slavefd"])
+        actions: list[native.Action] = [("open", 0, tty, os.O_RDWR, 0), ("dup2", 0, 1), ("dup2", 0, 2)]
+        if native.CLOSEFROM:
+            actions.append(("closefrom", 3))
+        else:
+            actions += [("close", fd) for fd, cloexec in _inheritable_fds() if fd > 2 and not cloexec]
+        self.pid = native.spawn(  # type: ignore[assignment]
+            executable, args, _env_list(environment), cwd=path, actions=actions)
+        self.status = -1
+        return True
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted's name)
+        if self.pid is None:  # reaped already (or loseConnection after the exit): close as usual
+            super().connectionLost(reason)
+            return
+        abstract.FileDescriptor.connectionLost(self, reason)
+        self._master_open_until_reaped = True
+        self.lostProcess += 1
+        self.maybeCallProcessEnded()
+
+    def processEnded(self, status: int) -> None:  # noqa: N802 (Twisted's name)
+        if self._master_open_until_reaped:  # before the protocol hears of the end
+            self._master_open_until_reaped = False
+            os.close(self.fd)
+        super().processEnded(status)
 
 
 class Spawner(Service):
@@ -398,13 +529,16 @@ class Spawner(Service):
     ) -> None:
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else cast(IReactorTime, reactor)
-        self.environ = dict(environ)
+        self.environ: Mapping[str, str] = MappingProxyType(dict(environ))  # read-only: encoded once below
+        self._environ_b = {os.fsencode(k): os.fsencode(v) for k, v in self.environ.items()}
         self.default_cwd = default_cwd
         self.kill_grace = kill_grace
         self.drain_timeout = drain_timeout
         self._children: dict[int, Child] = {}
         self._setsid = shutil.which("setsid", path="/usr/bin:/bin:/usr/sbin:/sbin")
         self._env = shutil.which("env", path="/usr/bin:/bin")
+        # Our transports construct Twisted's process classes directly, which needs a real reactor.
+        self._native = native.AVAILABLE and isinstance(reactor, PosixReactorBase)
 
     def children(self) -> list[Child]:
         """The children whose ``exited`` has not been delivered yet."""
@@ -424,6 +558,20 @@ class Spawner(Service):
             return [self._setsid], None if same else cwd
         return [self._env, "-C", cwd, self._setsid], None
 
+    def _spawn_pipes(self, bridge: _Bridge, executable: str, args: list[str], env: dict[bytes, bytes],
+                     cwd: str) -> Any:
+        if self._native:
+            return _SessionProcess(self.reactor, executable, [executable, *args], env, cwd, bridge)
+        prefix, path = self._group_prefix(cwd)
+        full = [*prefix, executable, *args]
+        return self.reactor.spawnProcess(bridge, full[0], full, env, path=path)
+
+    def _spawn_pty(self, bridge: _Bridge, executable: str, argv: list[str], env: dict[bytes, bytes], cwd: str,
+                   use_pty: Any) -> Any:
+        if isinstance(self.reactor, PosixReactorBase):
+            return _SessionPTYProcess(self.reactor, executable, argv, env, cwd, bridge, usePTY=use_pty)
+        return self.reactor.spawnProcess(bridge, executable, argv, env, path=cwd, usePTY=use_pty)
+
     def spawn(
         self,
         argv: list[str],
@@ -438,19 +586,22 @@ class Spawner(Service):
         if not argv:
             raise SpawnError("empty command")
         cwd = cwd if cwd is not None else self.default_cwd
+        _check_strings(argv, env or {}, cwd)
         if not os.path.isdir(cwd):
             problem = "is not a directory" if os.path.exists(cwd) else "does not exist"
             raise SpawnError(f"cwd '{cwd}' {problem}")
         if not os.access(cwd, os.X_OK):
             raise SpawnError(f"Permission denied: cwd '{cwd}'")
-        child_env = dict(self.environ)
-        if pty is not None and "TERM" not in (env or {}):
-            child_env["TERM"] = "xterm-256color"
-        child_env.update(env or {})
-        executable = _resolve(argv[0], child_env.get("PATH", os.defpath), cwd)
+        extra = dict(env or {})
+        if pty is not None and "TERM" not in extra:
+            extra["TERM"] = "xterm-256color"
+        env_b = self._environ_b
+        if extra:
+            env_b = {**env_b, **{os.fsencode(k): os.fsencode(v) for k, v in extra.items()}}
+        path_var = extra.get("PATH", self.environ.get("PATH", os.defpath))
+        executable = _resolve(argv[0], path_var, cwd)
         child = Child(self, list(argv), protocol, pty is not None)
         bridge = _Bridge(child)
-        env_b = {os.fsencode(k): os.fsencode(v) for k, v in child_env.items()}
         try:
             if pty is not None:
                 master, slave = os.openpty()
@@ -458,27 +609,20 @@ class Spawner(Service):
                     _set_winsize(slave, pty[0], pty[1])
                     # (master, slave, name): Twisted then uses our pty, sized before the child starts
                     use_pty: Any = (master, slave, os.ttyname(slave))
-                    transport = self.reactor.spawnProcess(
-                        bridge, executable, [executable, *argv[1:]], env_b, path=cwd, usePTY=use_pty
-                    )
+                    transport = self._spawn_pty(bridge, executable, [executable, *argv[1:]], env_b, cwd, use_pty)
                 except BaseException:
                     os.close(master)
                     os.close(slave)
                     raise
             else:
-                prefix, path = self._group_prefix(cwd)
-                full = [*prefix, executable, *argv[1:]]
-                transport = self.reactor.spawnProcess(bridge, full[0], full, env_b, path=path)
+                transport = self._spawn_pipes(bridge, executable, argv[1:], env_b, cwd)
                 _read_in_large_chunks(transport)
         except OSError as e:
             raise SpawnError(f"{e.strerror or e}: {argv[0]!r}") from e
-        child._transport = transport
-        child.pid = transport.pid
-        child.pgid = transport.pid  # setsid: session and group leader
-        self._children[child.pid] = child
+        if child.exit_info is None:  # else it was reaped and ended inside spawnProcess
+            self._children[child.pid] = child
         if timeout is not None and timeout > 0 and child.running:
             child._arm("timeout", timeout, child._timeout)
-        self.log.debug("spawned {argv!r} pid {pid}", argv=argv[:1], pid=child.pid)
         return child
 
     def stopService(self) -> Deferred[None]:  # noqa: N802 (Twisted's name)

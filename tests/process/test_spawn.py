@@ -244,6 +244,17 @@ def test_spawn_errors(spawner: Spawner, tmp_path: Any) -> None:
         spawner.spawn(["true"], cwd=str(tmp_path / "missing"), protocol=rec)
     with pytest.raises(SpawnError, match="empty"):
         spawner.spawn([], protocol=rec)
+    with pytest.raises(SpawnError, match="Is a directory"):
+        spawner.spawn([str(tmp_path)], protocol=rec)
+    for argv, env, cwd in [
+        (["echo", "a\0b"], {}, None),
+        (["true"], {"A": "x\0y"}, None),
+        (["true"], {"A=B": "x"}, None),
+        (["true"], {"": "x"}, None),
+        (["true"], {}, str(tmp_path) + "\0x"),
+    ]:
+        with pytest.raises(SpawnError, match="NUL|invalid environment"):
+            spawner.spawn(argv, env=env, cwd=cwd, protocol=rec)
     assert spawner.children() == [] and rec.infos == []
 
 
@@ -268,9 +279,10 @@ async def test_cwd_same_as_daemon(spawner: Spawner) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_env_merge_last_wins(spawner: Spawner) -> None:
+async def test_env_merge_last_wins(tmp_path: Any) -> None:
     """The child env is the spawner's environ updated with env=; the per-call value wins."""
-    spawner.environ.update({"A": "base", "B": "base"})
+    spawner = Spawner(_reactor(), environ={"PATH": os.environ["PATH"], "A": "base", "B": "base"},
+                      default_cwd=str(tmp_path))
     rec, _ = await run(spawner, ["sh", "-c", 'echo "$A $B $C ${TERM:-none}"'], env={"B": "call", "C": "new"})
     assert rec.data("stdout") == b"base call new none\n"
 
@@ -283,12 +295,26 @@ async def test_pty_size_and_resize(spawner: Spawner) -> None:
     await rec.wait_for(b"T=xterm-256color")
     assert child.pty and os.getsid(child.pid) == child.pid
     assert b"30 100" in rec.data("pty")
+    assert os.getpgid(child.pid) == child.pid
     child.resize(132, 43)
     child.write(b"go\n")
     info = await rec.finished()
     assert rec.data("pty").rstrip().endswith(b"43 132")
     assert info.exit_code == 0
     assert {s for s, _ in rec.chunks} == {"pty"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_pty_is_the_controlling_terminal(spawner: Spawner, tmp_path: Any) -> None:
+    """The tty is the child's controlling terminal (``/dev/tty`` opens, job control works) and the
+    child is in the directory asked for."""
+    rec = Recorder()
+    spawner.spawn(["sh", "-c", "pwd; echo via-dev-tty > /dev/tty && tty"], cwd="/", pty=(80, 24), protocol=rec)
+    info = await rec.finished()
+    out = rec.data("pty").decode()
+    assert info.exit_code == 0, out
+    assert out.splitlines()[0].strip() == "/"
+    assert "via-dev-tty" in out and "/dev/pts/" in out
 
 
 @pytest_twisted.ensureDeferred
@@ -406,3 +432,20 @@ async def test_python_shim_fallback_without_setsid(spawner: Spawner, tmp_path: A
     info = await rec.finished()
     assert rec.data("stdout") == f"arg {tmp_path}\n".encode()
     assert info.exit_code == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_pid_known_even_when_the_child_is_reaped_during_spawn(spawner: Spawner) -> None:
+    """A child that exits before spawnProcess returns is reaped there (Twisted then clears
+    transport.pid); the Child still knows its pid, and nothing is left in the table."""
+    children = []
+    for _ in range(200):
+        rec = Recorder()
+        child = spawner.spawn(["true"], protocol=rec)
+        assert isinstance(child.pid, int) and child.pid > 0
+        children.append((child, rec))
+    for child, rec in children:
+        info = await rec.finished()
+        assert info.exit_code == 0 and child.pid > 0
+    assert spawner.children() == []
+    assert len({child.pid for child, _ in children}) == len(children)
