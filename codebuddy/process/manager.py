@@ -21,6 +21,7 @@ The process table (ARCHITECTURE.md §3 "Processes", §5; e2b.md §2, §6 rows 1-
 
 from __future__ import annotations
 
+import base64
 import os
 import signal as _signal
 from typing import Any
@@ -37,7 +38,15 @@ from zope.interface import implementer
 from codebuddy.process.buffer import DEFAULT_CAPACITY, Chunk, OutputBuffer, Stream, Subscription, b64
 from codebuddy.process.spawn import Child, ExitInfo, Spawner, SpawnError
 from codebuddy.web.errors import ApiError
-from codebuddy.web.sse import CONTENT_TYPE, DEFAULT_HEARTBEAT, close_response, compact_json, format_event
+from codebuddy.web.json import utf8_json_string_parts
+from codebuddy.web.sse import (
+    CONTENT_TYPE,
+    DEFAULT_HEARTBEAT,
+    close_response,
+    compact_json,
+    format_event,
+    format_json_frame,
+)
 
 __all__ = [
     "DEFAULT_RETAIN",
@@ -301,20 +310,25 @@ def _complete_prefix(data: bytes) -> int:
 
 
 class TextAssembler:
-    """Turns chunks into per-stream text without splitting characters (bytes held per stream)."""
+    """Cuts chunks into per-stream UTF-8 text without splitting characters (bytes held per stream)."""
 
     def __init__(self) -> None:
         self.held: dict[str, bytes] = {}
 
-    def feed(self, stream: str, data: bytes) -> str:
-        data = self.held.pop(stream, b"") + data
+    def feed(self, stream: str, data: bytes) -> bytes:
+        """The complete characters of what was held plus ``data``; holds back a partial one."""
+        held = self.held.pop(stream, None)
+        if held:
+            data = held + data
         cut = _complete_prefix(data)
         if cut < len(data):
             self.held[stream] = data[cut:]
-        return data[:cut].decode("utf-8", "replace")
+            return data[:cut]
+        return data
 
-    def flush(self) -> list[tuple[str, str]]:
-        out = [(s, d.decode("utf-8", "replace")) for s, d in self.held.items() if d]
+    def flush(self) -> list[tuple[str, bytes]]:
+        """What is still held (incomplete characters, sent as U+FFFD)."""
+        out = [(s, d) for s, d in self.held.items() if d]
         self.held.clear()
         return out
 
@@ -333,6 +347,15 @@ def collect_output(buffer: OutputBuffer, encoding: str) -> dict[str, str]:
         return {k: b64(v) for k, v in joined.items()}
     return {k: v.decode("utf-8", "replace") for k, v in joined.items()}
 
+
+
+STREAM_BUFFER = 1024 * 1024
+_DATA_PREFIX = {stream: b'{"' + stream.encode() + b'":' for stream in ("stdout", "stderr", "pty")}
+
+
+def _data_frame(stream: str, literal: tuple[bytes, ...], event_id: int | None) -> bytes:
+    """A ``data`` event: ``{"<stream>": <literal>}`` where ``literal`` is a JSON string in pieces."""
+    return format_json_frame(_DATA_PREFIX[stream], *literal, b"}", event="data", id=event_id)
 
 
 @implementer(IPushProducer)
@@ -381,6 +404,10 @@ class OutputStream:
             self._end()
             return self._done
         request.notifyFinish().addErrback(self._connection_lost)
+        transport = getattr(getattr(request, "channel", None), "transport", None)
+        if transport is not None and getattr(transport, "bufferSize", STREAM_BUFFER) < STREAM_BUFFER:
+            # Twisted pauses a producer once 64 KiB wait to be sent: one pipe read is up to 256 KiB.
+            transport.bufferSize = STREAM_BUFFER
         request.registerProducer(self, True)
         self._registered = True
         request.write(format_event(compact_json({"pid": self._proc.pid}), event="start", id=offset))
@@ -400,7 +427,7 @@ class OutputStream:
         if self._ended:
             return
         for stream, text in self._text.flush():
-            self._request.write(format_event(compact_json({stream: text}), event="data"))
+            self._request.write(_data_frame(stream, utf8_json_string_parts(text), None))
         info = self._proc.exit_info
         payload = end_payload(info, self._proc.timed_out) if info is not None else {"exited": False}
         self._request.write(format_event(compact_json(payload), event="end", id=self._proc.buffer.end_offset))
@@ -442,14 +469,15 @@ class OutputStream:
     def _send(self, chunk: Chunk) -> None:
         stream: Stream = chunk.stream
         if self._base64:
-            self._request.write(format_event(compact_json({stream: b64(chunk.data)}), event="data", id=chunk.end))
+            self._request.write(_data_frame(stream, (b'"', base64.b64encode(chunk.data), b'"'), chunk.end))
             return
         text = self._text.feed(stream, chunk.data)
-        held = sum(len(v) for v in self._text.held.values())
-        own = len(self._text.held.get(stream, b""))
-        event_id = chunk.end - own if held == own else None
+        held = self._text.held
+        # An id promises "everything before this offset was sent": not while another stream holds bytes.
+        own = len(held.get(stream, b""))
+        event_id = chunk.end - own if not held or sum(len(v) for v in held.values()) == own else None
         if text:
-            self._request.write(format_event(compact_json({stream: text}), event="data", id=event_id))
+            self._request.write(_data_frame(stream, utf8_json_string_parts(text), event_id))
 
     def _beat(self) -> None:
         if not self._ended and not self._paused:

@@ -172,6 +172,42 @@ def dumps(value: Any) -> bytes:
         return _ascii_encoder.encode(value).encode("ascii")
 
 
+# Control characters other than TAB, LF, CR and ESC: rare in output, left to the json module.
+# One bytes object per character: ``in`` is a memchr (~2 GB/s for all of them, twice translate's speed).
+_RARE_CONTROLS = tuple(bytes((c,)) for c in range(32) if c not in (9, 10, 13, 27))
+_BYTE_ESCAPES = ((b"\\", b"\\\\"), (b'"', b'\\"'), (b"\n", b"\\n"), (b"\r", b"\\r"), (b"\t", b"\\t"),
+                 (b"\x1b", b"\\u001b"))
+
+
+def utf8_json_string(data: bytes) -> bytes:
+    """
+    The JSON string literal (quotes included) of the UTF-8 text ``data``, the same text
+    ``dumps`` would give for ``data.decode("utf-8", "replace")``.
+
+    Process and terminal output is mostly printable text with line breaks; escaping it on
+    bytes (a few ``bytes.replace`` passes) runs at ~650 MB/s where ``json.dumps`` manages
+    ~190 MB/s on line-dense text. Invalid UTF-8 and rare control characters take the
+    ``json`` module's path.
+    """
+    return b"".join(utf8_json_string_parts(data))
+
+
+def utf8_json_string_parts(data: bytes) -> tuple[bytes, ...]:
+    """:func:`utf8_json_string` in pieces, for a caller that joins them into a larger frame
+    anyway (one copy of a large output chunk fewer)."""
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return (dumps(data.decode("utf-8", "replace")),)
+    if any(control in data for control in _RARE_CONTROLS):
+        return (dumps(data.decode("utf-8")),)
+    for raw, escaped in _BYTE_ESCAPES:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return (b'"', data, b'"')
+
+
 def unstructure(value: Any) -> Any:
     """Plain JSON-able value of a model (or of plain data, returned as it is)."""
     if value is None or isinstance(value, (str, int, float, bool)):

@@ -158,9 +158,9 @@ def test_utf8_holdback() -> None:
     assert _complete_prefix(b"a" + emoji) == 5
     assert _complete_prefix(b"\xff") == 1
     text = TextAssembler()
-    assert text.feed("stdout", b"a" + emoji[:3]) == "a"
-    assert text.feed("stdout", emoji[3:] + b"b") == "😀b"
-    assert text.feed("stderr", emoji[:1]) == "" and text.flush() == [("stderr", "\ufffd")]
+    assert text.feed("stdout", b"a" + emoji[:3]) == b"a"
+    assert text.feed("stdout", emoji[3:] + b"b") == "😀b".encode()
+    assert text.feed("stderr", emoji[:1]) == b"" and text.flush() == [("stderr", emoji[:1])]
 
 
 def test_end_payload() -> None:
