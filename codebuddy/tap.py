@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
@@ -177,13 +177,40 @@ def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -
 
 
 class DaemonService(MultiService):
-    """The daemon: a MultiService whose listen failure ends start-up with one line."""
+    """
+    The daemon: a MultiService whose listen failure ends start-up with one line, and which
+    stops in order: stop listening; stop every area (children get SIGTERM, then SIGKILL,
+    so their streams send ``end``); then close the open connections once what was written
+    to them has been sent.
+    """
+
+    http: HTTPService | None = None
+    clock: Any = None
 
     def startService(self) -> None:
         try:
             super().startService()
         except ListenError as exc:
             raise SystemExit(f"codebuddy: {exc}") from None
+
+    def stopService(self) -> Deferred[None]:  # noqa: N802 (Twisted's name)
+        http = self.http
+        if http is None or self.clock is None:
+            return super().stopService()  # type: ignore[no-any-return]
+        Service.stopService(self)
+        areas = [s for s in reversed(list(self)) if s is not http]
+        site: Any = http.site
+
+        def stop_areas(_: object) -> Deferred[Any]:
+            return DeferredList([maybeDeferred(s.stopService) for s in areas], consumeErrors=True)
+
+        def close(_: object) -> Deferred[None]:
+            return site.close_connections(self.clock)  # type: ignore[no-any-return]
+
+        d: Deferred[Any] = maybeDeferred(http.stopService)
+        d.addBoth(stop_areas)
+        d.addBoth(close)
+        return d.addBoth(lambda _: None)
 
 
 def makeService(options: Mapping[str, Any], reactor: Any = None, environ: Mapping[str, str] | None = None) -> IService:
@@ -275,7 +302,8 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     http_service = HTTPService(endpoint, site, config.endpoint, on_listening=on_listening)
     http_service.setServiceParent(daemon)
     daemon.guard = guard  # type: ignore[attr-defined]
-    daemon.http = http_service  # type: ignore[attr-defined]
+    daemon.http = http_service
+    daemon.clock = reactor
     daemon.site = site  # type: ignore[attr-defined]
     return daemon
 

@@ -17,12 +17,13 @@ import os
 import re
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource
@@ -195,10 +196,60 @@ class CodeBuddySite(Site):
         super().__init__(resource, logPath=log_path, logFormatter=access_log_line, **kwargs)
         self.body_openers = dict(body_openers or {})
         self.access_log_enabled = access_log not in (None, "none")
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def log(self, request: Any) -> None:
         if self.access_log_enabled:
             super().log(request)
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 (Twisted's name)
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            self.channels.add(channel)
+        return channel
+
+    def close_connections(self, clock: IReactorTime, grace: float = 2.0) -> Deferred[None]:
+        """
+        Close every open connection once what was written to it has been sent (the last
+        events of streams that ended during shutdown); abort those still open after ``grace``
+        seconds. Fires when all are closed. Twisted's own shutdown drops connections with
+        their unsent data.
+
+        The closing starts one clock turn later: areas finish their streams from the clock
+        (an output buffer reports its end that way), after the call that stopped them.
+        """
+        done: Deferred[None] = Deferred()
+        deadline = clock.seconds() + grace
+        transports: list[Any] = []
+
+        def start() -> None:
+            transports.extend(t for t in map(_transport_of, list(self.channels)) if t is not None)
+            for transport in transports:
+                transport.loseConnection()
+            check()
+
+        def check() -> None:
+            open_ = [t for t in transports if not getattr(t, "disconnected", True)]
+            if not open_:
+                done.callback(None)
+            elif clock.seconds() >= deadline:
+                for transport in open_:
+                    transport.abortConnection()
+                done.callback(None)
+            else:
+                clock.callLater(0.02, check)
+
+        clock.callLater(0, start)
+        return done
+
+
+def _transport_of(channel: Any) -> Any:
+    """The TCP transport of a channel built by a Site (which wraps HTTPChannel in a generic
+    protocol that picks HTTP/1.1 or HTTP/2 and does not expose ``transport`` itself)."""
+    transport = getattr(channel, "transport", None)
+    if transport is None:
+        transport = getattr(getattr(channel, "_channel", None), "transport", None)
+    return transport
 
 
 class HTTPService(Service):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import pytest
@@ -82,3 +83,29 @@ async def test_stdin_to_cat_and_signal_by_tag(daemon: Daemon) -> None:
     assert (status, body["error"]["code"]) == (409, "CONFLICT")
     status, body = await call(daemon, "signal/send", {"process": {"tag": "nobody"}, "signal": 15})
     assert (status, body["error"]["code"]) == (404, "PROCESS_NOT_FOUND")
+
+
+def test_shutdown_ends_streams_with_end_events(daemon: Daemon) -> None:
+    """SIGTERM to the daemon: a client following a process gets its `end` event (the child was
+    terminated) and a properly finished response, not a cut connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(daemon.url)
+    body = json.dumps({"process": {"cmd": "sh", "args": ["-c", "echo ready; exec sleep 60"]}}).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=TIMEOUT) as sock:
+        sock.sendall(
+            b"POST /api/v1/process/start HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n"
+            b"Content-Type: application/json\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        received = b""
+        while b"ready" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended before the child printed"
+            received += chunk
+        assert daemon.stop() in (0, -signal.SIGTERM)  # twistd exits with the signal that stopped it
+        while chunk := sock.recv(65536):
+            received += chunk
+    text = received.decode()
+    assert "event: end" in text and '"status":"signal: terminated"' in text
+    assert text.endswith("0\r\n\r\n"), "the chunked response was not finished"
