@@ -42,6 +42,7 @@ from codebuddy.web.server import StreamedBody
 from codebuddy.web.sse import resume_point
 
 TAGS = ("Processes",)
+MAX_TIMEOUT_MS = 10 * 365 * 24 * 3600 * 1000  # ten years: anything longer is "no timeout" by another name
 _SELECTOR_ERRORS = ("BAD_REQUEST", "PROCESS_NOT_FOUND", "CONFLICT")
 
 
@@ -202,7 +203,11 @@ def _decode(value: str, encoding: str, field: str) -> bytes:
         except (binascii.Error, ValueError):
             raise ApiError("BAD_REQUEST", f"{field} is not valid base64",
                            [{"field": field, "message": "invalid base64"}]) from None
-    return value.encode("utf-8", "surrogateescape")
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ApiError("BAD_REQUEST", f"{field} holds a lone surrogate, which is not text",
+                       [{"field": field, "message": "invalid text"}]) from None
 
 
 def _wants_sse(request: Any) -> bool:
@@ -240,15 +245,10 @@ class ProcessRoutes:
         else:
             raise ApiError("BAD_REQUEST", "stdin must be a boolean or a string",
                            [{"field": "stdin", "message": "invalid value"}])
-        if body.timeout_ms is not None and body.timeout_ms < 0:
-            raise ApiError("BAD_REQUEST", "timeoutMs must not be negative",
-                           [{"field": "timeoutMs", "message": "negative"}])
-        pty = None
-        if body.pty is not None:
-            if not (0 < body.pty.size.cols < 65536 and 0 < body.pty.size.rows < 65536):
-                raise ApiError("BAD_REQUEST", "pty size must be positive",
-                               [{"field": "pty.size", "message": "invalid size"}])
-            pty = (body.pty.size.cols, body.pty.size.rows)
+        if body.timeout_ms is not None and not 0 <= body.timeout_ms <= MAX_TIMEOUT_MS:
+            raise ApiError("BAD_REQUEST", f"timeoutMs must be between 0 (no timeout) and {MAX_TIMEOUT_MS}",
+                           [{"field": "timeoutMs", "message": "out of range"}])
+        pty = None if body.pty is None else _pty_size(body.pty)
         config = body.process
         spec = ProcessSpec(config.cmd, list(config.args), dict(config.envs), config.cwd)
         try:
@@ -351,10 +351,20 @@ class ProcessRoutes:
         child = self._select(body.process).require_running()
         if body.pty is None:
             return Empty()
+        cols, rows = _pty_size(body.pty)
         if not child.pty:
             raise ApiError("BAD_REQUEST", "tty not assigned to process")
-        child.resize(body.pty.size.cols, body.pty.size.rows)
+        child.resize(cols, rows)
         return Empty()
+
+
+def _pty_size(pty: Any) -> tuple[int, int]:
+    """(cols, rows) of a ``pty`` field, or 400 when either is outside 1..65535 (a tty's limits)."""
+    cols, rows = pty.size.cols, pty.size.rows
+    if not (0 < cols < 65536 and 0 < rows < 65536):
+        raise ApiError("BAD_REQUEST", "pty size must be between 1 and 65535 columns and rows",
+                       [{"field": "pty.size", "message": f"invalid size {cols}x{rows}"}])
+    return cols, rows
 
 
 def apply_input(proc: Any, value: ProcessInput, encoding: str) -> None:

@@ -136,3 +136,29 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     running = start_daemon(tmp_path)
     yield running
     running.stop()
+
+
+def _drain(daemon: Daemon) -> None:
+    """Read the daemon's output until EOF, so that it never blocks writing a log line."""
+    stream = daemon.process.stdout
+    assert stream is not None
+    while chunk := stream.read1(65536):
+        daemon.output.append(chunk.decode("utf-8", "replace"))
+
+
+@pytest.fixture
+def drained_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """
+    A daemon with default options whose output is read continuously: a test that makes it log a
+    lot (a line per process start) cannot fill the output pipe and freeze it.
+    """
+    import threading
+
+    running = start_daemon(tmp_path)
+    reader = threading.Thread(target=_drain, args=(running,), name="daemon-output", daemon=True)
+    reader.start()
+    yield running
+    try:
+        running.stop()
+    finally:
+        reader.join(STARTUP_TIMEOUT)

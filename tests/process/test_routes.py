@@ -95,6 +95,10 @@ def test_input_signal_update(api: Fixture) -> None:
     assert child.signals == [2]
     upd = {"process": {"tag": "t"}, "pty": {"size": {"cols": 100, "rows": 30}}}
     assert api.json("POST", "/api/v1/process/update", json=upd)[0] == 400
+    for cols, rows in ((70000, 30), (-1, 30), (0, 0), (80, 65536)):
+        bad = {"process": {"tag": "t"}, "pty": {"size": {"cols": cols, "rows": rows}}}
+        status, answer = api.json("POST", "/api/v1/process/update", json=bad)[:2]
+        assert status == 400 and answer["error"]["details"][0]["field"] == "pty.size"
     api.json("POST", "/api/v1/process/stdin/close", json={"process": {"tag": "t"}})
     assert child.stdin_closed
     assert api.json("POST", "/api/v1/process/input/send",
