@@ -153,6 +153,7 @@ class Config:
     gateway: GatewaySettings
     max_upload_bytes: int = 0
     upload_fsync: bool = True
+    pty_idle_timeout: float = 24 * 3600.0
     started_at: float = attrs.field(factory=time.time)
 
     @classmethod
@@ -209,6 +210,8 @@ class Config:
             loopback_only=loopback,
             max_upload_bytes=int(_number(env.get("CODEBUDDY_MAX_UPLOAD_BYTES"), 0, "CODEBUDDY_MAX_UPLOAD_BYTES")),
             upload_fsync=(env.get("CODEBUDDY_UPLOAD_FSYNC") or "1").strip().lower() not in ("0", "false", "no", "off"),
+            # seconds a terminal may go without any viewer before it is ended (0: never)
+            pty_idle_timeout=_number(env.get("CODEBUDDY_PTY_IDLE_TIMEOUT"), 24 * 3600.0, "CODEBUDDY_PTY_IDLE_TIMEOUT"),
             gateway=GatewaySettings(
                 mode=mode,
                 password=password or None,

@@ -46,6 +46,8 @@ from codebuddy.process.routes import ProcessRoutes
 from codebuddy.process.spawn import Spawner
 from codebuddy.system.info import SystemInfo, child_environment
 from codebuddy.system.routes import SystemRoutes
+from codebuddy.terminals.manager import TerminalManager
+from codebuddy.terminals.routes import TerminalRoutes
 from codebuddy.web.auth import RequestGuard
 from codebuddy.web.openapi import DocsResource, OpenAPIResource, build_openapi
 from codebuddy.web.root import build_root
@@ -160,6 +162,14 @@ def build_process(
     return ProcessRoutes(manager, reactor, guard.admits)
 
 
+def build_terminals(config: Config, reactor: Any, daemon: MultiService, processes: ProcessRoutes,
+                    environ: Mapping[str, str]) -> TerminalRoutes:
+    """The terminal area: PTY sessions on the process table."""
+    manager = TerminalManager(processes.manager, reactor, environ=environ, idle_timeout=config.pty_idle_timeout)
+    manager.setServiceParent(daemon)
+    return TerminalRoutes(manager, reactor)
+
+
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
     """The server endpoint for ``description``, or SystemExit with one clear line."""
     try:
@@ -261,10 +271,12 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         environ=environ,
         started_at=config.started_at,
     )
+    processes = build_process(config, reactor, guard, daemon, environ)
     areas: list[Any] = [
         SystemRoutes(system, guard),
         build_fs(config, reactor, guard, daemon),
-        build_process(config, reactor, guard, daemon, environ),
+        processes,
+        build_terminals(config, reactor, daemon, processes, environ),
     ]
     root, v1 = build_root(
         guard,

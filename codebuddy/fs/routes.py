@@ -19,7 +19,7 @@ from codebuddy.fs.search import ContentResults, FileSearch, SearchItem
 from codebuddy.fs.transfer import FailedBody, UploadOpener, UploadSink, compose, serve_file
 from codebuddy.fs.watch import FsEvent, WatcherEvents, WatchService
 from codebuddy.web.errors import ApiError
-from codebuddy.web.json import NO_CONTENT, Encoded, also_as, json_route
+from codebuddy.web.json import NO_CONTENT, Empty, Encoded, also_as, json_route
 from codebuddy.web.sse import serve_log
 
 TAGS = ("Filesystem",)
@@ -87,11 +87,6 @@ class EntriesResult:
     """Directory entries (E2B ``ListDirResponse``)."""
 
     entries: list[EntryInfo]
-
-
-@attrs.frozen
-class Empty:
-    """No fields."""
 
 
 @attrs.frozen

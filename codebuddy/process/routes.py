@@ -37,7 +37,7 @@ from codebuddy.process.manager import (
 )
 from codebuddy.process.spawn import SpawnError, StdinClosedError
 from codebuddy.web.errors import ApiError
-from codebuddy.web.json import also_as, json_route, structure
+from codebuddy.web.json import Empty, also_as, json_route, structure
 from codebuddy.web.server import StreamedBody
 from codebuddy.web.sse import resume_point
 
@@ -182,11 +182,6 @@ class ProcessList:
     """Running processes and those that exited in the last 60 s."""
 
     processes: list[ProcessEntry]
-
-
-@attrs.frozen
-class Empty:
-    """No fields."""
 
 
 def _check_encoding(encoding: str) -> str:

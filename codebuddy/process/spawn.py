@@ -495,6 +495,32 @@ class _SessionPTYProcess(process.PTYProcess):
         self.status = -1
         return True
 
+    def doRead(self) -> Any:  # noqa: N802 (Twisted's name)
+        """
+        Read everything the tty has, up to 256 KiB, in one go: a PTY master hands out at most
+        a few KiB per ``read`` (Twisted asks for 8 KiB per reactor turn), so each turn loops
+        until the tty is empty and delivers one chunk, which cuts the per-chunk work of the
+        output buffer and of every viewer.
+        """
+        total = 0
+        while total < READ_SIZE:
+            try:
+                count = os.readv(self.fd, [_read_view[total:]])
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    break
+                if total:
+                    break  # deliver what was read; the error comes back on the next turn
+                return main.CONNECTION_LOST
+            if not count:
+                if total:
+                    break
+                return main.CONNECTION_DONE
+            total += count
+        if total:
+            self.proto.childDataReceived(1, _read_view[:total].tobytes())  # type: ignore[union-attr]
+        return None
+
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted's name)
         if self.pid is None:  # reaped already (or loseConnection after the exit): close as usual
             super().connectionLost(reason)

@@ -404,6 +404,11 @@ class _NoContent:
 NO_CONTENT: Any = _NoContent()
 """Return this for a 204 with an empty body."""
 
+@attrs.frozen
+class Empty:
+    """No fields: ``{"data": {}}``."""
+
+
 RESPONSE_WRITTEN: Any = NOT_DONE_YET
 """Return (or fire a Deferred with) this when the handler wrote the response itself
 (streams): the wrapper then only makes sure the request is finished."""
