@@ -83,6 +83,7 @@ from pathlib import Path  # noqa: E402
 from _common import (  # noqa: E402
     Launch,
     RssSampler,
+    StartFailed,
     Target,
     any_missed,
     choose_cpus,
@@ -630,9 +631,9 @@ def _versions(python: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-def find_jupyter(explicit: str | None, install: bool) -> tuple[str | None, str]:
+def find_jupyter(explicit: str | None, venv: Path, install: bool) -> tuple[str | None, str]:
     """(interpreter with jupyter-server and terminado, "jupyter-server X, terminado Y") or (None, why)."""
-    venv_python = str(JUPYTER_VENV / "bin" / "python")
+    venv_python = str(venv / "bin" / "python")
     candidates = [explicit] if explicit else [venv_python, sys.executable]
     for python in candidates:
         if python and (found := _versions(python)):
@@ -642,19 +643,19 @@ def find_jupyter(explicit: str | None, install: bool) -> tuple[str | None, str]:
         return None, f"{explicit} cannot import jupyter_server, jupyter_server_terminals and terminado"
     if not install:
         return None, f"jupyter-server not found (no {venv_python}); run without --no-install to install it there"
-    print(f"installing jupyter-server into {JUPYTER_VENV} (only for this benchmark) ...", file=sys.stderr, flush=True)
+    print(f"installing jupyter-server into {venv} (only for this benchmark) ...", file=sys.stderr, flush=True)
     try:
         if not Path(venv_python).exists():
-            subprocess.run([sys.executable, "-m", "venv", str(JUPYTER_VENV)], check=True, timeout=300,
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300,
                            capture_output=True)
         subprocess.run([venv_python, "-m", "pip", "install", "--quiet", "jupyter-server"], check=True,
                        timeout=900, capture_output=True)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", b"") or b""
-        return None, f"installing jupyter-server into {JUPYTER_VENV} failed: {exc} {detail[-300:]!r}"
+        return None, f"installing jupyter-server into {venv} failed: {exc} {detail[-300:]!r}"
     found = _versions(venv_python)
     if not found:
-        return None, f"jupyter-server installed into {JUPYTER_VENV} but not importable"
+        return None, f"jupyter-server installed into {venv} but not importable"
     server, terminado = found.split()
     return venv_python, f"jupyter-server {server}, terminado {terminado} (just installed)"
 
@@ -741,7 +742,10 @@ class Subject:
     def start(self, launch: Launch, workdir: Path, cpu: int) -> tuple[int, int]:
         """(port, pid) of a server started on this subject's stack, once it answers 200."""
         server = self.stack.enter_context(running(launch, workdir, cpu))
-        wait_until_healthy(server, launch.ready_timeout)
+        try:
+            wait_until_healthy(server, launch.ready_timeout)
+        except StartFailed as exc:
+            raise Failed(f"{exc}\n{server.stderr_tail()}") from None
         self.pid = server.proc.pid
         return launch.port, server.proc.pid
 
@@ -927,7 +931,9 @@ def render_rows(rows: list[Row], loop_rate: float | None) -> list[str]:
         if row.not_measured:
             lines.append(f"  {row.name}: {row.not_measured}")
         elif row.failure:
-            lines.append(f"  {row.name}: [FAILED] {row.failure}")
+            first, *rest = row.failure.splitlines() or [""]
+            lines.append(f"  {row.name}: [FAILED] {first}")
+            lines += [f"    | {line}" for line in rest]
         elif row.note:
             lines.append(f"  {row.name}: {row.note}")
         if row.ok:
@@ -945,9 +951,10 @@ def evaluate(rows: dict[str, Row]) -> list[Target]:
         if ours.not_measured:
             targets.append(Target(description, None, ours.not_measured))
         elif not ours.ok:
-            targets.append(Target(description, False, f"codebuddy FAILED: {ours.failure}"))
+            targets.append(Target(description, False, f"codebuddy FAILED: {(ours.failure or '').splitlines()[0]}"))
         elif not base.ok:
-            targets.append(Target(description, None, f"{base.name} not measured: {base.not_measured or base.failure}"))
+            why = (base.not_measured or base.failure or "").splitlines()[0]
+            targets.append(Target(description, None, f"{base.name} not measured: {why}"))
         else:
             met, detail = check()
             targets.append(Target(description, met, detail))
@@ -989,9 +996,11 @@ def main() -> int:
                         help="command starting the daemon instead of twistd; {port}, {home}, {cwd} and {tmp} "
                         "are filled in")
     parser.add_argument("--jupyter-python", default=None,
-                        help=f"interpreter with jupyter-server (default: {JUPYTER_VENV}/bin/python, else this one)")
+                        help="interpreter with jupyter-server (default: the --jupyter-venv's, else this one)")
+    parser.add_argument("--jupyter-venv", type=Path, default=JUPYTER_VENV,
+                        help=f"venv holding jupyter-server, made and filled when missing ({JUPYTER_VENV})")
     parser.add_argument("--no-install", action="store_true",
-                        help=f"do not install jupyter-server into {JUPYTER_VENV} when it is missing")
+                        help="do not install jupyter-server into the --jupyter-venv when it is missing")
     parser.add_argument("--relay-max-read", type=int, default=256 * 1024,
                         help="most bytes the relay reads per wake-up before sending a frame (256 KiB)")
     parser.add_argument("--only", default=",".join(ROW_KEYS),
@@ -1010,7 +1019,9 @@ def main() -> int:
     server_cpu_id, client_cpu_id = choose_cpus()
     os.sched_setaffinity(0, {client_cpu_id})
     load_before = load_average()
-    jupyter = find_jupyter(args.jupyter_python, not args.no_install) if "terminado" in only else (None, "")
+    jupyter: tuple[str | None, str] = (None, "")
+    if "terminado" in only:
+        jupyter = find_jupyter(args.jupyter_python, args.jupyter_venv, not args.no_install)
     template = codebuddy_template(args.codebuddy_cmd)
 
     scratch = Path(tempfile.mkdtemp(prefix="codebuddy-ptybench-"))
@@ -1036,9 +1047,10 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     loop_rate = rows[LOOP].mb_s if rows[LOOP].ok else None
-    print(f"cat of {size / 1e6:,.1f} MB of base64 ({expected:,} bytes through a tty), {args.repeat} runs per row "
-          f"(medians), servers on CPU {server_cpu_id}, this client on CPU {client_cpu_id}, shell {args.shell}; "
-          f"load average before: {describe_load(load_before)}, after: {describe_load(load_average())}\n")
+    print(f"cat of {size / 1e6:,.1f} MB of base64 ({expected:,} bytes through a tty), {args.repeat} measured "
+          f"round(s) after a warm-up (medians); servers on CPU {server_cpu_id}, this client on CPU {client_cpu_id}; "
+          f"shell {args.shell}; load average before: {describe_load(load_before)}, "
+          f"after: {describe_load(load_average())}\n")
     print("\n".join(render_rows(list(rows.values()), loop_rate)))
     targets = evaluate(rows)
     print("\nTargets:")
