@@ -325,12 +325,21 @@ class OutputBuffer:
                 "Output subscriber overrun: {missed} unread bytes evicted",
                 missed=new_start - sub._offset,
             )
-            sub.reader.lagged(sub._offset)
+            self._tell(sub, "lagged", sub._offset)
         for sub in list(self._subs):
             if sub._state == _ATTACHED:
-                sub.reader.data_available()
+                self._tell(sub, "data_available")
         self._update_flow()
         return offset
+
+    def _tell(self, sub: Subscription, event: str, *args: Any) -> None:
+        """Call one reader; a reader that fails is logged and cancelled, never the others' problem."""
+        try:
+            getattr(sub.reader, event)(*args)
+        except Exception:
+            self.log.failure("output subscriber failed in {event}; detaching it", event=event)
+            if sub._state == _ATTACHED:
+                self._detach(sub, _CANCELLED)
 
     def _evict(self, new_start: int) -> None:
         excess = new_start - self._start
@@ -436,7 +445,7 @@ class OutputBuffer:
         def deliver() -> None:
             sub._closing = None
             if sub._state == _FINISHED:
-                sub.reader.buffer_closed()
+                self._tell(sub, "buffer_closed")
 
         sub._closing = self._clock.callLater(0, deliver)
 
@@ -463,7 +472,7 @@ class OutputBuffer:
             pending=sub.pending_bytes,
         )
         self._detach(sub, _LAGGED)
-        sub.reader.lagged(sub._offset)
+        self._tell(sub, "lagged", sub._offset)
 
     def _update_flow(self) -> None:
         """Pause/resume the producer and start/stop stall timers from the subscribers' backlog."""

@@ -210,6 +210,21 @@ class Child:
         except (ProcessExitedAlready, ProcessLookupError):
             pass
 
+    def signal_session(self, signum: int) -> None:
+        """
+        Send ``signum`` to every process group in the child's session: its own group and the
+        jobs an interactive shell put in groups of their own (job control), which a group
+        signal would miss. Used to end a child for good (terminate, timeout, shutdown).
+        """
+        if self.exit_info is not None or not self.pgid:
+            return
+        for pgid in _session_groups(self.pid) - {self.pgid}:
+            try:
+                os.killpg(pgid, signum)
+            except OSError:
+                pass
+        self.signal(signum)
+
     def resize(self, cols: int, rows: int) -> None:
         """Set the PTY's window size (``TIOCSWINSZ``); the foreground group gets SIGWINCH."""
         if not self.pty:
@@ -236,16 +251,20 @@ class Child:
                 self._arm("drain", self._spawner.drain_timeout, self._force_drain)
 
     def terminate(self, grace: float | None = None) -> Deferred[ExitInfo]:
-        """SIGTERM to the group, SIGKILL to the group ``grace`` seconds later (default: the spawner's
-        ``kill_grace``) if it has not ended; fires with the :class:`ExitInfo` after ``exited``."""
+        """SIGTERM to every group of the child's session (a terminal first gets SIGHUP, as when
+        its window closes: an interactive shell ignores SIGTERM), SIGKILL to them ``grace``
+        seconds later (default: the spawner's ``kill_grace``) if the child has not ended; fires
+        with the :class:`ExitInfo` after ``exited``."""
         if self.exit_info is not None:
             return succeed(self.exit_info)
         d: Deferred[ExitInfo] = Deferred()
         self._waiters.append(d)
-        self.signal(_signal.SIGTERM)
+        if self.pty:
+            self.signal_session(_signal.SIGHUP)
+        self.signal_session(_signal.SIGTERM)
         if "kill" not in self._calls:
             grace = self._spawner.kill_grace if grace is None else grace
-            self._arm("kill", grace, self.signal, _signal.SIGKILL)
+            self._arm("kill", grace, self.signal_session, _signal.SIGKILL)
         return d
 
     def ended(self) -> Deferred[ExitInfo]:
@@ -267,7 +286,7 @@ class Child:
     def _timeout(self) -> None:
         self.timed_out = True
         self.log.info("process {pid} timed out, killing its group", pid=self.pid)
-        self.signal(_signal.SIGKILL)
+        self.signal_session(_signal.SIGKILL)
 
     def _data(self, fd: int, data: bytes) -> None:
         stream = "pty" if self.pty else ("stdout" if fd == 1 else "stderr")
@@ -319,6 +338,27 @@ class Child:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(info)
+
+
+def _session_groups(sid: int) -> set[int]:
+    """The process groups of every process in session ``sid`` (from ``/proc``)."""
+    groups: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return groups
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            groups.add(int(fields[2]))
+    return groups
 
 
 def _set_winsize(fd: int, cols: int, rows: int) -> None:

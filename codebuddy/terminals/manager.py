@@ -123,9 +123,14 @@ class Terminal:
 
     # -- input and size ---------------------------------------------------------------------------
 
+    def _running_child(self) -> Any:
+        if not self.running or self.proc.child is None:
+            raise ApiError("CONFLICT", f"terminal {self.id} has exited")
+        return self.proc.child
+
     def write(self, data: bytes) -> None:
         """Type ``data`` into the terminal; 409 ``CONFLICT`` once the shell has exited."""
-        child = self.proc.require_running()
+        child = self._running_child()
         try:
             child.write(data)
         except StdinClosedError as exc:
@@ -134,7 +139,7 @@ class Terminal:
     def resize(self, cols: Any, rows: Any) -> None:
         """Set the window size (the foreground job gets SIGWINCH); 400 for a bad size, 409 once exited."""
         cols, rows = check_size(cols, rows)
-        child = self.proc.require_running()
+        child = self._running_child()
         child.resize(cols, rows)
         self.cols, self.rows = cols, rows
 
@@ -237,7 +242,8 @@ class TerminalManager(Service):
         except SpawnError as exc:
             raise ApiError("BAD_REQUEST", str(exc)) from None
         terminal_id = str(uuid.uuid4())
-        terminal = Terminal(self, terminal_id, proc, shell, argv, self.processes.resolve_cwd(cwd), cols, rows)
+        shown = shell if command is None or isinstance(command, str) else argv[0]
+        terminal = Terminal(self, terminal_id, proc, shown, argv, self.processes.resolve_cwd(cwd), cols, rows)
         self._terminals[terminal_id] = terminal
         proc.ended().addCallback(self._ended, terminal)
         self._arm_idle(terminal)

@@ -64,6 +64,7 @@ class TerminalSocketFactory(WebSocketServerFactory):
             autoPingInterval=ping_interval,
             autoPingTimeout=ping_interval * 4,  # a paused client cannot answer pings promptly
             openHandshakeTimeout=10,
+            closeHandshakeTimeout=10,  # a client behind on reading needs time to reach the close frame
             allowedOrigins=["*"],
             allowNullOrigin=True,
             webStatus=False,
@@ -118,12 +119,14 @@ class TerminalSocket(WebSocketServerProtocol):
         self._attached = True
         if self.tty:
             title = f"{terminal.shell} ({terminal.id[:8]})".encode()
-            self.sendMessage(b"1" + title, isBinary=True)
-            self.sendMessage(b"2{}", isBinary=True)
+            self._emit(b"1" + title, True)
+            self._emit(b"2{}", True)
         buffer = terminal.buffer
         offset = self.factory.offset
-        if offset is None or offset < buffer.start_offset or offset > buffer.end_offset:
+        if offset is None:
             offset = terminal.scrollback_offset()
+        else:  # as SSE resumes: clamped to what is retained
+            offset = min(max(offset, buffer.start_offset), buffer.end_offset)
         self._sub = buffer.subscribe(self, offset)
         self._pump()
 
@@ -144,15 +147,15 @@ class TerminalSocket(WebSocketServerProtocol):
             end = end_payload(info) if info is not None else {"exitCode": -1}
             message = {"type": "exit", "exitCode": end["exitCode"],
                        "signal": info.signal if info is not None else None}
-            self.sendMessage(json.dumps(message, separators=(",", ":")).encode(), isBinary=False)
-        self.sendClose(code=1000, reason="terminal exited")
+            self._emit(json.dumps(message, separators=(",", ":")).encode(), False)
+        self._close(1000, "terminal exited")
 
     def lagged(self, next_offset: int) -> None:
         if self._done:
             return
         self._done = True
         self._log.info("terminal {id}: a WebSocket viewer stalled; detaching it", id=self._terminal_id)
-        self.sendClose(code=CLOSE_LAGGED, reason=f"lagged; resume from offset {next_offset}")
+        self._close(CLOSE_LAGGED, f"lagged; resume from offset {next_offset}")
 
     def _pump(self) -> None:
         if self._pumping or self._done or self._sub is None:
@@ -165,7 +168,7 @@ class TerminalSocket(WebSocketServerProtocol):
                     break
                 for chunk in result.chunks:
                     if self.tty:
-                        self.sendMessage(b"0" + chunk.data, isBinary=True)
+                        self._emit(b"0" + chunk.data, True)
                     else:
                         self._send_output(self._text.feed("pty", chunk.data))
         finally:
@@ -173,8 +176,19 @@ class TerminalSocket(WebSocketServerProtocol):
 
     def _send_output(self, data: bytes) -> None:
         if data:
-            payload = b"".join((_OUTPUT_PREFIX, *utf8_json_string_parts(data), b"}"))
-            self.sendMessage(payload, isBinary=False)
+            self._emit(b"".join((_OUTPUT_PREFIX, *utf8_json_string_parts(data), b"}")), False)
+
+    def _emit(self, payload: bytes, binary: bool) -> None:
+        """Send one message while the socket is open; once it is closing, stop reading output."""
+        if self.state != self.STATE_OPEN:
+            self._done = True
+            self._release()
+            return
+        self.sendMessage(payload, isBinary=binary)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendClose(code=code, reason=reason)
 
     # -- flow control (IPushProducer for the socket's transport) ----------------------------------
 
@@ -222,7 +236,7 @@ class TerminalSocket(WebSocketServerProtocol):
         elif kind == "resize":
             terminal.resize(message.get("cols"), message.get("rows"))
         elif kind == "ping":
-            self.sendMessage(b'{"type":"pong"}', isBinary=False)
+            self._emit(b'{"type":"pong"}', False)
         else:
             self._error(f"unknown message type {kind!r}")
 
@@ -249,8 +263,7 @@ class TerminalSocket(WebSocketServerProtocol):
 
     def _error(self, message: str) -> None:
         if not self.tty and not self._done:
-            self.sendMessage(json.dumps({"type": "error", "message": message}, separators=(",", ":")).encode(),
-                             isBinary=False)
+            self._emit(json.dumps({"type": "error", "message": message}, separators=(",", ":")).encode(), False)
 
     # -- end --------------------------------------------------------------------------------------
 

@@ -449,3 +449,24 @@ async def test_pid_known_even_when_the_child_is_reaped_during_spawn(spawner: Spa
         assert info.exit_code == 0 and child.pid > 0
     assert spawner.children() == []
     assert len({child.pid for child, _ in children}) == len(children)
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminate_reaches_jobs_in_their_own_groups(spawner: Spawner) -> None:
+    """A shell with job control puts each job in a group of its own; terminate still ends them
+    (every group of the child's session), as does the kill after the grace."""
+    rec = Recorder()
+    child = spawner.spawn(["bash", "-c", "set -m; sleep 1000 & echo job=$!; wait"], protocol=rec)
+    await rec.wait_for(b"job=")
+    await rec.wait_for(b"\n")
+    job = int(rec.data("stdout").split(b"job=")[1].split()[0])
+    assert os.getpgid(job) == job != child.pgid  # its own group, in the child's session
+    info = await child.terminate(0.5).addTimeout(WAIT, _reactor())
+    assert info.signal is not None or info.exit_code is not None
+    for _ in range(200):  # the job's end is reported by its parent's reaping, not to us: poll /proc
+        if not psutil.pid_exists(job) or psutil.Process(job).status() == psutil.STATUS_ZOMBIE:
+            break
+        d: Deferred[None] = Deferred()
+        _reactor().callLater(0.01, d.callback, None)
+        await d
+    assert not psutil.pid_exists(job) or psutil.Process(job).status() == psutil.STATUS_ZOMBIE
