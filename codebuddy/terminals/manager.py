@@ -163,6 +163,8 @@ class Terminal:
         start = max(buffer.start_offset, buffer.end_offset - limit)
         if start == buffer.start_offset:
             return start
+        if b"".join(c.data for c in buffer.read(start - 1, 1).chunks) == b"\n":
+            return start  # already at a line start
         head = b"".join(c.data for c in buffer.read(start, 4096).chunks)
         newline = head.find(b"\n")
         return start + newline + 1 if newline >= 0 else start

@@ -162,3 +162,22 @@ def drained_daemon(tmp_path: Path) -> Iterator[Daemon]:
         running.stop()
     finally:
         reader.join(STARTUP_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """
+    One daemon with default options shared by a module's tests (each test uses its own
+    resources, e.g. the terminals it creates), its output read continuously like
+    :func:`drained_daemon`'s. Saves a start per test where isolation is not needed.
+    """
+    import threading
+
+    running = start_daemon(tmp_path_factory.mktemp("daemon"))
+    reader = threading.Thread(target=_drain, args=(running,), name="daemon-output", daemon=True)
+    reader.start()
+    yield running
+    try:
+        running.stop()
+    finally:
+        reader.join(STARTUP_TIMEOUT)

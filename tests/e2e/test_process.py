@@ -76,7 +76,7 @@ async def test_stdin_to_cat_and_signal_by_tag(daemon: Daemon) -> None:
     assert frames[0][0] == "start" and frames[-1][0] == "end"
     assert "".join(d.get("stdout", "") for e, d in frames if e == "data") == "hello\n"
 
-    await call(daemon, "start", {"process": {"cmd": "/bin/bash", "args": ["-l", "-c", "sleep 60"]}, "tag": "sleeper"})
+    await call(daemon, "start", {"process": {"cmd": "/bin/bash", "args": ["-c", "sleep 60"]}, "tag": "sleeper"})
     status, _ = await call(daemon, "signal/send", {"process": {"tag": "sleeper"}, "signal": 15})
     assert status == 200
     frames = await sse(daemon, "connect", {"process": {"tag": "sleeper"}})
