@@ -18,13 +18,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+from treq.client import HTTPClient
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
+from twisted.web.client import Agent
 
 from codebuddy import __version__
 from codebuddy.config import (
@@ -52,6 +54,11 @@ from codebuddy.web.auth import RequestGuard
 from codebuddy.web.openapi import DocsResource, OpenAPIResource, build_openapi
 from codebuddy.web.root import build_root
 from codebuddy.web.server import CodeBuddySite, HTTPService, ListenError
+from codebuddy.workers.control import Terminator
+from codebuddy.workers.registry import Registry
+from codebuddy.workers.remote import RemoteClient, quiet_pool
+from codebuddy.workers.routes import WorkersRoutes
+from codebuddy.workers.service import RegistryService
 
 log = Logger(namespace="codebuddy")
 
@@ -170,6 +177,23 @@ def build_terminals(config: Config, reactor: Any, daemon: MultiService, processe
     return TerminalRoutes(manager, reactor)
 
 
+def build_workers(config: Config, reactor: Any, daemon: MultiService, environ: Mapping[str, str],
+                  endpoint: Callable[[], str | None]) -> tuple[WorkersRoutes, RegistryService]:
+    """
+    The workers area: this process's registry file and telemetry log (a service, added first so
+    the telemetry log sees the other areas start), and the routes over the registry. ``endpoint``
+    gives the daemon's URL once it listens; call the service's ``listening()`` then.
+    """
+    registry = Registry(config.home)
+    service = RegistryService(registry, session_id=config.session_id, workspace=str(config.workspace),
+                              environ=environ, endpoint=endpoint, clock=reactor, publisher=globalLogPublisher)
+    service.setServiceParent(daemon)
+    agent = Agent(reactor, connectTimeout=RemoteClient.connect_timeout, pool=quiet_pool(reactor))
+    remote = RemoteClient(HTTPClient(agent), reactor)
+    routes = WorkersRoutes(registry, remote, Terminator(reactor), reactor, blocking_runner(reactor))
+    return routes, service
+
+
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
     """The server endpoint for ``description``, or SystemExit with one clear line."""
     try:
@@ -271,12 +295,18 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         environ=environ,
         started_at=config.started_at,
     )
+
+    def listening_url() -> str | None:
+        return http_service.url if http_service is not None and http_service.port is not None else None
+
+    workers, registration = build_workers(config, reactor, daemon, environ, listening_url)
     processes = build_process(config, reactor, guard, daemon, environ)
     areas: list[Any] = [
         SystemRoutes(system, guard),
         build_fs(config, reactor, guard, daemon),
         processes,
         build_terminals(config, reactor, daemon, processes, environ),
+        workers,
     ]
     root, v1 = build_root(
         guard,
@@ -301,6 +331,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
             guard.add_local_host(address)
         guard.add_local_host(socket.gethostname())
         guard.add_local_host(socket.getfqdn())
+        registration.listening()
         log.info(
             "codebuddy {version}: workspace {workspace}, home {home}, session {session}, auth {mode}",
             version=__version__,

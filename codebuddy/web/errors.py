@@ -55,6 +55,7 @@ _ROWS: tuple[tuple[str, int, str], ...] = (
     ("SERVICE_UNAVAILABLE", 503, "Service unavailable"),
     ("WATCH_LIMIT_REACHED", 503, "The kernel's inotify watch limit is reached"),
     ("WATCH_OVERFLOW", 503, "The kernel dropped file events (inotify queue overflow); sent in watch streams"),
+    ("WORKER_UNREACHABLE", 502, "A remote worker's daemon did not answer (down, timed out, refused credentials)"),
     # Codes of the CodeBuddy server that later areas answer.
     ("PATH_NOT_ABSOLUTE", 400, "Path must be absolute"),
     ("FILE_TYPE_FORBIDDEN", 400, "File type not allowed"),

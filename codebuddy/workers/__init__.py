@@ -1,0 +1,1 @@
+"""Workers: the registry of running codebuddy processes and the remote daemons added by hand."""
