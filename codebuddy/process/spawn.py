@@ -155,6 +155,7 @@ class Child:
         self._drain_pending = False
         self._calls: dict[str, IDelayedCall] = {}
         self._waiters: list[Deferred[ExitInfo]] = []
+        self._cleared_waiters: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
         state = "running" if self.running else (self.exit_info.status if self.exit_info else "reaped")
@@ -252,9 +253,11 @@ class Child:
 
     def terminate(self, grace: float | None = None) -> Deferred[ExitInfo]:
         """SIGTERM to every group of the child's session (a terminal first gets SIGHUP, as when
-        its window closes: an interactive shell ignores SIGTERM), SIGKILL to them ``grace``
-        seconds later (default: the spawner's ``kill_grace``) if the child has not ended; fires
-        with the :class:`ExitInfo` after ``exited``."""
+        its window closes: an interactive shell ignores SIGTERM), then SIGKILL to whatever is
+        left of the session ``grace`` seconds later (default: the spawner's ``kill_grace``), even
+        when the child itself ended before (a job that ignores SIGHUP and SIGTERM must not
+        outlive it). Fires with the :class:`ExitInfo` after ``exited``; :meth:`cleared` fires
+        once the final SIGKILL was sent (or was not needed)."""
         if self.exit_info is not None:
             return succeed(self.exit_info)
         d: Deferred[ExitInfo] = Deferred()
@@ -264,8 +267,30 @@ class Child:
         self.signal_session(_signal.SIGTERM)
         if "kill" not in self._calls:
             grace = self._spawner.kill_grace if grace is None else grace
-            self._arm("kill", grace, self.signal_session, _signal.SIGKILL)
+            self._arm("kill", grace, self._final_kill)
         return d
+
+    def cleared(self) -> Deferred[None]:
+        """Fires when no SIGKILL for this child's session is pending any more."""
+        if "kill" not in self._calls:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._cleared_waiters.append(d)
+        return d
+
+    def _final_kill(self) -> None:
+        self._calls.pop("kill", None)
+        groups = _session_groups(self.pid) if self.pid else set()
+        if self.exit_info is None and self.pgid:
+            groups.add(self.pgid)
+        for pgid in groups:
+            try:
+                os.killpg(pgid, _signal.SIGKILL)
+            except OSError:
+                pass
+        waiters, self._cleared_waiters = self._cleared_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     def ended(self) -> Deferred[ExitInfo]:
         """A Deferred that fires with the :class:`ExitInfo` right after ``exited`` was delivered."""
@@ -329,7 +354,13 @@ class Child:
         self._reaped_info = info
         self.exit_info = info
         for name in list(self._calls):
+            if name == "kill" and _session_groups(self.pid):
+                continue  # terminating: what is left of the session still gets its SIGKILL
             self._cancel(name)
+        if "kill" not in self._calls:
+            waiters_cleared, self._cleared_waiters = self._cleared_waiters, []
+            for cleared in waiters_cleared:
+                cleared.callback(None)
         self._spawner._forget(self)
         try:
             self._protocol.exited(info)
@@ -692,10 +723,15 @@ class Spawner(Service):
         return child
 
     def stopService(self) -> Deferred[None]:  # noqa: N802 (Twisted's name)
-        """Terminate every child (SIGTERM to each group, SIGKILL after ``kill_grace``); fires when all
-        have ended."""
+        """Terminate every child (SIGTERM to each group of its session, SIGKILL to what is left after
+        ``kill_grace``); fires when all have ended and no SIGKILL is pending."""
         super().stopService()
-        waits = [c.terminate(self.kill_grace) for c in self.children()]
+        children = self.children()
+        waits: list[Deferred[Any]] = [c.terminate(self.kill_grace) for c in children]
+
+        def cleared(_: object) -> Deferred[Any]:
+            return DeferredList([c.cleared() for c in children], consumeErrors=True)
+
         d: Deferred[Any] = DeferredList(waits, consumeErrors=True)
-        return d.addCallback(lambda _: None)
+        return d.addCallback(cleared).addCallback(lambda _: None)
 

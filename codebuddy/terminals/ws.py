@@ -65,6 +65,7 @@ class TerminalSocketFactory(WebSocketServerFactory):
             autoPingTimeout=ping_interval * 4,  # a paused client cannot answer pings promptly
             openHandshakeTimeout=10,
             closeHandshakeTimeout=10,  # a client behind on reading needs time to reach the close frame
+            failByDrop=False,  # protocol errors (1009 too big, ...) send a close frame before dropping
             allowedOrigins=["*"],
             allowNullOrigin=True,
             webStatus=False,

@@ -470,3 +470,26 @@ async def test_terminate_reaches_jobs_in_their_own_groups(spawner: Spawner) -> N
         _reactor().callLater(0.01, d.callback, None)
         await d
     assert not psutil.pid_exists(job) or psutil.Process(job).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminate_kills_what_outlives_the_child(tmp_path: Any) -> None:
+    """A job that ignores SIGHUP and SIGTERM still gets the SIGKILL after the grace, although
+    the child itself ended at once; stopService waits for that."""
+    spawner = Spawner(_reactor(), environ={"PATH": os.environ["PATH"]}, default_cwd=str(tmp_path), kill_grace=0.3,
+                      drain_timeout=0.1)
+    spawner.startService()
+    rec = Recorder()
+    spawner.spawn(["bash", "-c", "set -m; (trap '' HUP TERM; exec sleep 1000) & echo job=$!; wait"], protocol=rec)
+    await rec.wait_for(b"job=")
+    await rec.wait_for(b"\n")
+    job = int(rec.data("stdout").split(b"job=")[1].split()[0])
+    await spawner.stopService().addTimeout(WAIT, _reactor())
+    assert rec.infos, "the child itself ended"
+    for _ in range(200):  # the job's parent (gone) does not reap it for us: poll /proc
+        if not psutil.pid_exists(job) or psutil.Process(job).status() == psutil.STATUS_ZOMBIE:
+            break
+        d: Deferred[None] = Deferred()
+        _reactor().callLater(0.01, d.callback, None)
+        await d
+    assert not psutil.pid_exists(job) or psutil.Process(job).status() == psutil.STATUS_ZOMBIE
