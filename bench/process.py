@@ -189,6 +189,25 @@ def sse_throughput(port: int, mib: int, output_bytes: int) -> float:
     return output_bytes / elapsed / 1e6
 
 
+def wait_until_chatty(pids: list[int], timeout: float = 60.0) -> int:
+    """Wait (bounded) until every chatty child has written its first line: 200 Python start-ups
+    on the daemon's core are a burst of CPU that is not what the steady state measures."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    waiting = set(pids)
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            try:
+                if psutil.Process(pid).io_counters().write_chars > 0:
+                    waiting.discard(pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                waiting.discard(pid)
+        if waiting:
+            time.sleep(0.1)
+    return len(pids) - len(waiting)
+
+
 def wrk_p99(wrk: str, url: str, seconds: int, cpu: int) -> float:
     out = subprocess.run(
         ["taskset", "-c", str(cpu), wrk, "-t1", "-c10", f"-d{seconds}s", "--latency", url],
@@ -287,6 +306,8 @@ def main() -> int:
                     })["pid"]
                     for _ in range(args.concurrent)
                 ]
+                settled = wait_until_chatty(pids)
+                print(f"   {settled} of {len(pids)} chatty processes printing (start-up done) before measuring")
                 try:
                     loaded: float | None = wrk_p99(wrk, health, args.seconds, client_cpu)
                 except RuntimeError as exc:
