@@ -55,9 +55,10 @@ from codebuddy.web.openapi import DocsResource, OpenAPIResource, build_openapi
 from codebuddy.web.root import build_root
 from codebuddy.web.server import CodeBuddySite, HTTPService, ListenError
 from codebuddy.workers.control import Terminator
+from codebuddy.workers.daemon import DaemonControl
 from codebuddy.workers.registry import Registry
 from codebuddy.workers.remote import RemoteClient, quiet_pool
-from codebuddy.workers.routes import WorkersRoutes
+from codebuddy.workers.routes import DaemonRoutes, WorkersRoutes
 from codebuddy.workers.service import RegistryService
 
 log = Logger(namespace="codebuddy")
@@ -178,7 +179,7 @@ def build_terminals(config: Config, reactor: Any, daemon: MultiService, processe
 
 
 def build_workers(config: Config, reactor: Any, daemon: MultiService, environ: Mapping[str, str],
-                  endpoint: Callable[[], str | None]) -> tuple[WorkersRoutes, RegistryService]:
+                  endpoint: Callable[[], str | None]) -> tuple[WorkersRoutes, DaemonRoutes, RegistryService]:
     """
     The workers area: this process's registry file and telemetry log (a service, added first so
     the telemetry log sees the other areas start), and the routes over the registry. ``endpoint``
@@ -190,8 +191,11 @@ def build_workers(config: Config, reactor: Any, daemon: MultiService, environ: M
     service.setServiceParent(daemon)
     agent = Agent(reactor, connectTimeout=RemoteClient.connect_timeout, pool=quiet_pool(reactor))
     remote = RemoteClient(HTTPClient(agent), reactor)
-    routes = WorkersRoutes(registry, remote, Terminator(reactor), reactor, blocking_runner(reactor))
-    return routes, service
+    terminator = Terminator(reactor)
+    routes = WorkersRoutes(registry, remote, terminator, reactor, blocking_runner(reactor))
+    control = DaemonControl(registry, remote, terminator, reactor, blocking_runner(reactor), reactor.stop,
+                            str(config.workspace), environ)
+    return routes, DaemonRoutes(control), service
 
 
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
@@ -299,7 +303,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     def listening_url() -> str | None:
         return http_service.url if http_service is not None and http_service.port is not None else None
 
-    workers, registration = build_workers(config, reactor, daemon, environ, listening_url)
+    workers, daemon_routes, registration = build_workers(config, reactor, daemon, environ, listening_url)
     processes = build_process(config, reactor, guard, daemon, environ)
     areas: list[Any] = [
         SystemRoutes(system, guard),
@@ -307,6 +311,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         processes,
         build_terminals(config, reactor, daemon, processes, environ),
         workers,
+        daemon_routes,
     ]
     root, v1 = build_root(
         guard,

@@ -67,6 +67,7 @@ _ROWS: tuple[tuple[str, int, str], ...] = (
     ("WORKER_NO_LOGS", 404, "Worker has no logs"),
     ("DAEMON_NOT_RUNNING", 409, "Daemon is not running"),
     ("DAEMON_ALREADY_RUNNING", 409, "Daemon is already running"),
+    ("DAEMON_START_FAILED", 502, "The daemon that was started exited or did not answer health in time"),
 )
 
 CATALOGUE: dict[str, ErrorCode] = {code: ErrorCode(code, status, desc) for code, status, desc in _ROWS}

@@ -34,11 +34,12 @@ from codebuddy.web.errors import CATALOGUE, ApiError
 from codebuddy.web.json import created, json_route, omit_if_default
 from codebuddy.web.sse import resume_point
 from codebuddy.workers.control import Terminator
+from codebuddy.workers.daemon import DaemonControl, DaemonInfo
 from codebuddy.workers.logs import DEFAULT_TAIL, LOG_TYPES, MAX_TAIL, LogFollower, read_tail, select_log
 from codebuddy.workers.registry import KINDS, LocalWorker, Registry, RemoteRecord, valid_name
 from codebuddy.workers.remote import RemoteClient, RemoteError, StreamRelay
 
-__all__ = ["WorkersRoutes"]
+__all__ = ["DaemonRoutes", "WorkersRoutes"]
 
 TAGS = ("Workers",)
 RunBlocking = Callable[..., Deferred[Any]]
@@ -465,3 +466,63 @@ class WorkersRoutes:
                 body = None
             raise self._remote_failure(remote, response.code if response.code != 200 else 502, body)
         return await StreamRelay(request).relay(response)
+
+
+DAEMON_TAGS = ("Daemon",)
+
+
+@attrs.frozen
+class StartDaemonRequest:
+    """Port (default 8080) and interface (default 127.0.0.1; another one turns password auth on)."""
+
+    port: int | None = None
+    host: str | None = None
+
+
+class DaemonRoutes:
+    """``/daemon/status``, ``/daemon/start``, ``/daemon/stop``, ``/daemon/restart`` (acp-codebuddy.md §2.13)."""
+
+    app = Klein()
+
+    def __init__(self, control: DaemonControl) -> None:
+        self.control = control
+
+    @json_route(app, "GET", "/daemon/status", response=DaemonInfo, tags=DAEMON_TAGS, summary="Daemon status")
+    async def status(self, request: Any) -> DaemonInfo:
+        """The running daemon (registered worker of kind ``daemon``), or ``{"status": "stopped"}``."""
+        return await self.control.status()
+
+    @json_route(app, "POST", "/daemon/start", body=StartDaemonRequest, response=DaemonInfo, tags=DAEMON_TAGS,
+                errors=("BAD_REQUEST", "DAEMON_START_FAILED"), max_body=4096, summary="Start the daemon")
+    async def start(self, request: Any, body: StartDaemonRequest) -> DaemonInfo:
+        """
+        Idempotent: a running daemon is answered with ``alreadyRunning: true``. Otherwise a detached
+        ``twistd codebuddy`` is started and answered once it answers ``/api/v1/health`` (20 s at most;
+        ``DAEMON_START_FAILED`` with the log's tail otherwise, e.g. when the port is in use).
+        """
+        if body.port is not None and not 0 < body.port < 65536:
+            raise ApiError("BAD_REQUEST", "port must be between 1 and 65535",
+                           [{"field": "port", "message": "out of range"}])
+        host = body.host.strip() if body.host else None
+        if host is not None and (host.startswith("-") or any(c.isspace() for c in host)):
+            raise ApiError("BAD_REQUEST", "host is not an interface address", [{"field": "host", "message": "invalid"}])
+        return await self.control.start(body.port, host)
+
+    @json_route(app, "POST", "/daemon/stop", response=DaemonInfo, tags=DAEMON_TAGS,
+                errors=("DAEMON_NOT_RUNNING", "CONFLICT", "PERMISSION_DENIED"), summary="Stop the daemon")
+    async def stop(self, request: Any) -> DaemonInfo:
+        """
+        SIGTERM to the daemon, SIGKILL 5 s later if needed; answered once it is gone. When the daemon
+        is the one answering, it answers ``{"status": "stopping"}`` first and then stops.
+        """
+        return await self.control.stop()
+
+    @json_route(app, "POST", "/daemon/restart", response=DaemonInfo, tags=DAEMON_TAGS,
+                errors=("DAEMON_NOT_RUNNING", "CONFLICT", "PERMISSION_DENIED", "DAEMON_START_FAILED"),
+                summary="Restart the daemon")
+    async def restart(self, request: Any) -> DaemonInfo:
+        """
+        Stop the daemon and start it again on the same port and host. Not for the daemon answering
+        (409 ``CONFLICT``): it would have to start its replacement after it stopped listening.
+        """
+        return await self.control.restart()
