@@ -5,6 +5,9 @@ The ``codebuddy`` console command.
 the daemon in the foreground: it replaces itself with ``twistd -n --pidfile= codebuddy
 [options]``, so signals and exit codes are twistd's. Options are those of
 ``twistd codebuddy --help``.
+
+``ps``, ``kill``, ``logs`` and ``daemon status|start|stop|restart`` are
+:mod:`codebuddy.workers.cli` (imported only for them, so ``serve`` starts as before).
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ from pathlib import Path
 
 from codebuddy import __version__
 
+WORKER_COMMANDS = ("ps", "kill", "logs", "daemon")
+
 USAGE = """\
 usage: codebuddy serve [--port PORT] [--host HOST] [--session-id ID] [--cwd DIR]
                        [--home DIR] [--auth none|password] [--access-log none|-|PATH]
        codebuddy --serve [same options]
+       codebuddy ps [--json] [--kind KIND]
+       codebuddy kill NAME|PID
+       codebuddy logs NAME|PID [--type TYPE] [--tail N] [-f]
+       codebuddy daemon status [--json] | start [--port P] [--host H] [--cwd DIR] | stop | restart
        codebuddy --version
 
-Runs the CodeBuddy Code HTTP API daemon in the foreground (twistd -n codebuddy).
-See 'twistd codebuddy --help' for every option.
+'serve' runs the CodeBuddy Code HTTP API daemon in the foreground (twistd -n codebuddy);
+see 'twistd codebuddy --help' for every option. The other commands work on the local
+worker registry (see docs/workers.md); 'codebuddy COMMAND --help' for each.
 """
 
 
@@ -55,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in ("serve", "--serve"):
         command = serve_argv(args[1:])
         os.execv(command[0], command)
+    if args[0] in WORKER_COMMANDS:
+        from codebuddy.workers.cli import main as workers_main
+
+        return workers_main(args)
     sys.stderr.write(f"codebuddy: unknown command {args[0]!r}\n\n{USAGE}")
     return 2
 

@@ -36,7 +36,7 @@ from codebuddy.workers.logs import read_tail
 from codebuddy.workers.registry import LocalWorker, Registry
 from codebuddy.workers.remote import RemoteClient, RemoteError
 
-__all__ = ["DaemonControl", "DaemonInfo", "SystemService", "unit_paths"]
+__all__ = ["DaemonControl", "DaemonInfo", "SystemService", "start_argv", "start_env", "unit_paths"]
 
 DEFAULT_PORT = 8080
 START_TIMEOUT = 20.0
@@ -53,6 +53,28 @@ def twistd_path() -> str:
     """The ``twistd`` of this Python (beside ``sys.executable``), else the one on PATH."""
     beside = Path(sys.executable).with_name("twistd")
     return str(beside) if beside.exists() else "twistd"
+
+
+def daemon_log_path(home: Path) -> Path:
+    """Where a started daemon's stdout/stderr and twistd log go."""
+    return home / "logs" / "daemon.log"
+
+
+def start_argv(home: Path, port: int | None, host: str | None, workspace: str) -> list[str]:
+    """The command line that starts a daemon in the foreground of its own session."""
+    argv = [twistd_path(), "-n", "--pidfile", str(home / "daemon.pid"), "--logfile", str(daemon_log_path(home)),
+            "codebuddy", "--port", str(DEFAULT_PORT if port is None else port)]
+    if host:
+        argv += ["--host", host]
+    return argv + ["--home", str(home), "--cwd", workspace]
+
+
+def start_env(environ: Mapping[str, str], log_path: Path) -> dict[str, str]:
+    """The started daemon's environment: ``environ`` without ``CODEBUDDY_SESSION_*``, plus its own."""
+    env = {k: v for k, v in environ.items() if not k.startswith("CODEBUDDY_SESSION_")}
+    env.update(CODEBUDDY_SESSION_KIND="daemon", CODEBUDDY_SESSION_NAME="daemon",
+               CODEBUDDY_SESSION_LOG=str(log_path))
+    return env
 
 
 @attrs.frozen
@@ -136,7 +158,7 @@ class DaemonControl:
 
     @property
     def log_path(self) -> Path:
-        return self.registry.home / "logs" / "daemon.log"
+        return daemon_log_path(self.registry.home)
 
     def _reap(self) -> None:
         for pid, child in list(self.children.items()):
@@ -202,15 +224,8 @@ class DaemonControl:
         if existing is not None:
             service = await self.run_blocking(self.system_service)
             return self._info(existing, service, already_running=True)
-        home = self.registry.home
-        argv = [twistd_path(), "-n", "--pidfile", str(home / "daemon.pid"), "--logfile", str(self.log_path),
-                "codebuddy", "--port", str(DEFAULT_PORT if port is None else port)]
-        if host:
-            argv += ["--host", host]
-        argv += ["--home", str(home), "--cwd", self.workspace]
-        env = {k: v for k, v in self.environ.items() if not k.startswith("CODEBUDDY_SESSION_")}
-        env.update(CODEBUDDY_SESSION_KIND="daemon", CODEBUDDY_SESSION_NAME="daemon",
-                   CODEBUDDY_SESSION_LOG=str(self.log_path))
+        argv = start_argv(self.registry.home, port, host, self.workspace)
+        env = start_env(self.environ, self.log_path)
         offset = await self.run_blocking(_size, self.log_path)
         try:
             child = await self.run_blocking(self.launcher, argv, env, self.log_path)
