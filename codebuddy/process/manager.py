@@ -40,8 +40,8 @@ from codebuddy.process.spawn import Child, ExitInfo, Spawner, SpawnError
 from codebuddy.web.errors import ApiError
 from codebuddy.web.json import utf8_json_string_parts
 from codebuddy.web.sse import (
-    CONTENT_TYPE,
     DEFAULT_HEARTBEAT,
+    begin_stream,
     close_response,
     compact_json,
     format_event,
@@ -395,11 +395,7 @@ class OutputStream:
         if offset is None or offset < buffer.start_offset:
             offset = buffer.start_offset
         offset = min(offset, buffer.end_offset)
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", CONTENT_TYPE)
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-accel-buffering", b"no")
-        if getattr(request, "_disconnected", False):
+        if not begin_stream(request):
             self._disconnected = True
             self._end()
             return self._done

@@ -43,6 +43,7 @@ __all__ = [
     "EventLogClosed",
     "EventLogListener",
     "EventStream",
+    "begin_stream",
     "format_comment",
     "format_event",
     "format_json_frame",
@@ -98,6 +99,19 @@ def format_event(
     else:  # the usual case (one JSON document): no regex over a possibly large payload
         lines.append("data: " + data)
     return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def begin_stream(request: Any) -> bool:
+    """
+    Answer ``request`` as an event stream: status 200 and the SSE headers (content type,
+    ``no-cache``, ``x-accel-buffering: no`` so proxies do not hold events back). Returns
+    False when the client already left (then ``notifyFinish`` would never fire).
+    """
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", CONTENT_TYPE)
+    request.setHeader(b"cache-control", b"no-cache")
+    request.setHeader(b"x-accel-buffering", b"no")
+    return not getattr(request, "_disconnected", False)
 
 
 def format_json_frame(*payload: bytes, event: str, id: int | None = None) -> bytes:
@@ -436,11 +450,7 @@ class EventStream:
         request = self._request
         self.last_written_id = after if after is not None else self._event_log.last_id
 
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", CONTENT_TYPE)
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-accel-buffering", b"no")
-        if self._request_gone():
+        if not begin_stream(request) or self._request_gone():
             # notifyFinish would never fire: the client left while we were getting ready.
             self._disconnected = True
             self._end()

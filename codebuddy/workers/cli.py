@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-import psutil
-
 from codebuddy.config import default_home
 from codebuddy.web.errors import ApiError
-from codebuddy.workers.control import _alive, _group_members
+from codebuddy.workers.control import _alive, kill_targets, send_signal
 from codebuddy.workers.daemon import (
     DEFAULT_PORT,
     LOG_TAIL,
@@ -119,27 +117,15 @@ def terminate(pid: int, grace: float = GRACE, kill_wait: float = KILL_WAIT, poll
     leads one (else to it and its descendants), SIGKILL after ``grace`` seconds. The last signal
     needed, or None when the process was already gone.
     """
-    try:
-        leader = psutil.Process(pid)
-        pgid = os.getpgid(pid)
-    except (psutil.NoSuchProcess, ProcessLookupError):
+    found = kill_targets(pid)
+    if found is None:
         return None
-    if not _alive(leader):
-        return None
-    group = pgid == pid and pgid != os.getpgrp()
-    targets = {leader.pid: leader}
-    try:
-        for child in leader.children(recursive=True):
-            targets.setdefault(child.pid, child)
-    except psutil.Error:
-        pass
-    if group:
-        for member in _group_members(pgid):
-            targets.setdefault(member.pid, member)
-    targets.pop(os.getpid(), None)
-    watched = list(targets.values())
+    pgid, watched = found
     for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, kill_wait)):
-        _send(signum, pid, pgid if group else None, [p for p in watched if _alive(p)])
+        try:
+            send_signal(signum, pgid, watched)
+        except PermissionError:
+            raise CliError(f"not allowed to signal worker {pid} (another user's process)") from None
         deadline = time.monotonic() + wait
         while True:
             if not any(_alive(p) for p in watched):
@@ -148,22 +134,6 @@ def terminate(pid: int, grace: float = GRACE, kill_wait: float = KILL_WAIT, poll
                 break
             time.sleep(poll)
     raise CliError(f"worker {pid} did not exit after SIGKILL")
-
-
-def _send(signum: int, pid: int, pgid: int | None, procs: list[psutil.Process]) -> None:
-    try:
-        if pgid is not None:
-            try:
-                os.killpg(pgid, signum)
-            except ProcessLookupError:
-                pass
-        for proc in procs:
-            try:
-                proc.send_signal(signum)  # checks the start time: never a reused pid
-            except psutil.NoSuchProcess:
-                pass
-    except (PermissionError, psutil.AccessDenied):
-        raise CliError(f"not allowed to signal worker {pid} (another user's process)") from None
 
 
 class Commands:

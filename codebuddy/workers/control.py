@@ -18,7 +18,7 @@ import signal
 from typing import Any
 
 import psutil
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -52,6 +52,52 @@ def _group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
+def kill_targets(pid: int) -> tuple[int | None, list[psutil.Process]] | None:
+    """
+    What ending worker ``pid`` must reach: its process group when it leads one (and it is
+    not ours), plus it and all its descendants; never this process. ``(pgid or None,
+    processes)``, or None when ``pid`` is already gone.
+    """
+    try:
+        leader = psutil.Process(pid)
+        pgid = os.getpgid(pid)
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return None
+    if not _alive(leader):
+        return None
+    group = pgid == pid and pgid != os.getpgrp()
+    targets = {leader.pid: leader}
+    try:
+        for child in leader.children(recursive=True):
+            targets.setdefault(child.pid, child)
+    except psutil.Error:
+        pass
+    if group:
+        for member in _group_members(pgid):
+            targets.setdefault(member.pid, member)
+    targets.pop(os.getpid(), None)
+    return (pgid if group else None), list(targets.values())
+
+
+def send_signal(signum: int, pgid: int | None, procs: list[psutil.Process]) -> None:
+    """``signum`` to the group ``pgid`` (if any) and to each live process of ``procs`` (by
+    psutil, which checks the start time: never a reused pid). PermissionError when refused."""
+    try:
+        if pgid is not None:
+            try:
+                os.killpg(pgid, signum)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            if _alive(proc):
+                try:
+                    proc.send_signal(signum)
+                except psutil.NoSuchProcess:
+                    pass
+    except psutil.AccessDenied as exc:
+        raise PermissionError(str(exc)) from None
+
+
 class Terminator:
     """Ends worker processes (see the module docstring)."""
 
@@ -71,33 +117,13 @@ class Terminator:
         (synchronously) 403 ``PERMISSION_DENIED`` when the OS refuses the signal; the
         Deferred fails with 409 ``CONFLICT`` when the processes outlive SIGKILL.
         """
-        own = os.getpid()
-        try:
-            leader = psutil.Process(pid)
-            pgid = os.getpgid(pid)
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            d: Deferred[str | None] = Deferred()
-            d.callback(None)
-            return d
-        if not _alive(leader):
-            done: Deferred[str | None] = Deferred()
-            done.callback(None)
-            return done
-        group = pgid == pid and pgid != os.getpgrp()
-        targets = {leader.pid: leader}
-        try:
-            for child in leader.children(recursive=True):
-                targets.setdefault(child.pid, child)
-        except psutil.Error:
-            pass
-        if group:
-            for member in _group_members(pgid):
-                targets.setdefault(member.pid, member)
-        targets.pop(own, None)
-        watched = list(targets.values())
-        self._send(signal.SIGTERM, pid, pgid if group else None, watched)
+        found = kill_targets(pid)
+        if found is None:
+            return succeed(None)
+        pgid, watched = found
+        self._send(signal.SIGTERM, pid, pgid, watched)
         self.log.info("Sent SIGTERM to worker {pid} ({what})", pid=pid,
-                      what=f"process group {pgid}" if group else f"{len(watched)} process(es)")
+                      what=f"process group {pgid}" if pgid is not None else f"{len(watched)} process(es)")
 
         result: Deferred[str | None] = Deferred()
         sent = "SIGTERM"
@@ -116,7 +142,7 @@ class Terminator:
                 sent = "SIGKILL"
                 deadline = self.clock.seconds() + self.kill_wait
                 try:
-                    self._send(signal.SIGKILL, pid, pgid if group else None, alive)
+                    self._send(signal.SIGKILL, pid, pgid, alive)
                 except ApiError as exc:
                     loop.stop()
                     result.errback(exc)
@@ -134,17 +160,7 @@ class Terminator:
 
     def _send(self, signum: int, pid: int, pgid: int | None, procs: list[Any]) -> None:
         try:
-            if pgid is not None:
-                try:
-                    os.killpg(pgid, signum)
-                except ProcessLookupError:
-                    pass
-            for proc in procs:
-                if _alive(proc):
-                    try:
-                        proc.send_signal(signum)  # checks the start time: never a reused pid
-                    except psutil.NoSuchProcess:
-                        pass
-        except (PermissionError, psutil.AccessDenied):
+            send_signal(signum, pgid, procs)
+        except PermissionError:
             raise ApiError("PERMISSION_DENIED",
                            f"Not allowed to signal worker {pid} (another user's process)") from None

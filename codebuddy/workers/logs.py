@@ -39,8 +39,8 @@ from zope.interface import implementer
 
 from codebuddy.web.errors import ApiError
 from codebuddy.web.sse import (
-    CONTENT_TYPE,
     DEFAULT_HEARTBEAT,
+    begin_stream,
     close_response,
     compact_json,
     format_comment,
@@ -246,11 +246,7 @@ class LogFollower:
         """Headers, ``info``, ``initial`` (content up to ``offset``), then what is appended after ``offset``."""
         request = self._request
         self.offset = max(0, offset)
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", CONTENT_TYPE)
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-accel-buffering", b"no")
-        if getattr(request, "_disconnected", False):
+        if not begin_stream(request):
             self._disconnected = True
             self._end()
             return self._done

@@ -30,7 +30,7 @@ from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from codebuddy.web.json import RESPONSE_WRITTEN
-from codebuddy.web.sse import CONTENT_TYPE, close_response
+from codebuddy.web.sse import begin_stream, close_response
 
 __all__ = ["RemoteClient", "RemoteError", "StreamRelay", "quiet_pool"]
 
@@ -195,11 +195,7 @@ class StreamRelay(Protocol):
 
     def relay(self, response: Any) -> Deferred[Any]:
         request = self.request
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", CONTENT_TYPE)
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-accel-buffering", b"no")
-        if getattr(request, "_disconnected", False):
+        if not begin_stream(request):
             self._gone = True
             response.deliverBody(self)
             self._close()
