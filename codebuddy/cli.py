@@ -6,7 +6,7 @@ the daemon in the foreground: it replaces itself with ``twistd -n --pidfile= cod
 [options]``, so signals and exit codes are twistd's. Options are those of
 ``twistd codebuddy --help``.
 
-``ps``, ``kill``, ``logs`` and ``daemon status|start|stop|restart`` are
+``ps``, ``kill``, ``logs`` and ``daemon status|start|stop|restart|install|uninstall`` are
 :mod:`codebuddy.workers.cli` (imported only for them, so ``serve`` starts as before).
 """
 
@@ -30,6 +30,7 @@ usage: codebuddy serve [--port PORT] [--host HOST] [--session-id ID] [--cwd DIR]
        codebuddy kill NAME|PID
        codebuddy logs NAME|PID [--type TYPE] [--tail N] [-f]
        codebuddy daemon status [--json] | start [--port P] [--host H] [--cwd DIR] | stop | restart
+       codebuddy daemon install [--port P] [--host H] [--cwd DIR] [--json] | uninstall [--json]
        codebuddy --version
 
 'serve' runs the CodeBuddy Code HTTP API daemon in the foreground (twistd -n codebuddy);

@@ -9,7 +9,12 @@ Synchronous, plain Python: they work on the registry files of ``$CODEBUDDY_CONFI
 - ``kill NAME|PID``: SIGTERM to the worker's group (or pid and descendants), SIGKILL after 5 s;
 - ``logs NAME|PID [--type T] [--tail N] [-f]``: a worker's log;
 - ``daemon status [--json]`` (exit 0 when running, 3 when stopped, as systemctl),
-  ``daemon start [--port P] [--host H] [--cwd DIR]``, ``daemon stop``, ``daemon restart``.
+  ``daemon start [--port P] [--host H] [--cwd DIR]``, ``daemon stop``, ``daemon restart``
+  (through ``systemctl`` when the daemon is a systemd service);
+- ``daemon install [--port P] [--host H] [--cwd DIR] [--json]``: writes the systemd user unit
+  (:mod:`codebuddy.workers.units`) and enables it (``systemctl --user enable --now``); where
+  that cannot be done, says exactly what to run (exit status 1). ``daemon uninstall``: disables
+  and removes it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
+import shlex
+import shutil
 import signal
 import sys
 import time
@@ -29,6 +37,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from codebuddy.config import default_home
+from codebuddy.storage import atomic_write
 from codebuddy.web.errors import ApiError
 from codebuddy.workers.control import _alive, kill_targets, send_signal
 from codebuddy.workers.daemon import (
@@ -38,12 +47,16 @@ from codebuddy.workers.daemon import (
     _size,
     _tail_since,
     daemon_log_path,
+    find_system_service,
     launch,
     start_argv,
     start_env,
+    twistd_path,
+    unit_paths,
 )
 from codebuddy.workers.logs import DEFAULT_TAIL, LOG_TYPES, POLL_INTERVAL, complete_utf8, read_tail, select_log
 from codebuddy.workers.registry import KINDS, LocalWorker, Registry
+from codebuddy.workers.units import UNIT_NAME, Runner, render_user_unit, run, unit_of, unit_text, user_unit_path
 
 __all__ = ["COMMANDS", "main", "terminate"]
 
@@ -78,13 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     dsub = daemon.add_subparsers(dest="action", required=True)
     status = dsub.add_parser("status", help="running (exit 0) or stopped (exit 3)")
     status.add_argument("--json", action="store_true")
-    for action in ("start", "restart"):
-        start = dsub.add_parser(action, help=f"{action} the daemon (idempotent)" if action == "start"
-                                else "stop, then start on the same port and host")
+    helps = {"start": "start the daemon (idempotent)", "restart": "stop, then start on the same port and host",
+             "install": "install and start a systemd user service for the daemon"}
+    for action, text in helps.items():
+        start = dsub.add_parser(action, help=text)
         start.add_argument("--port", type=int, default=None)
         start.add_argument("--host", default=None)
         start.add_argument("--cwd", default=None, help="the workspace (default: the current directory)")
+        if action == "install":
+            start.add_argument("--json", action="store_true")
     dsub.add_parser("stop", help="stop the running daemon")
+    uninstall = dsub.add_parser("uninstall", help="stop, disable and remove the systemd user service")
+    uninstall.add_argument("--json", action="store_true")
     return parser
 
 
@@ -140,8 +158,11 @@ class Commands:
     """The subcommands, on one home, writing to ``out``/``err``."""
 
     def __init__(self, home: Path, environ: Mapping[str, str], out: TextIO, err: TextIO,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, runner: Runner = run,
+                 user_home: Path | None = None) -> None:
         self.home = home
+        self.runner = runner
+        self.user_home = Path.home() if user_home is None else user_home
         self.environ = environ
         self.registry = Registry(home)
         self.out = out
@@ -226,18 +247,32 @@ class Commands:
 
     # -- daemon
 
+    def _system_service(self) -> dict[str, Any]:
+        service = find_system_service([user_unit_path(self.user_home), *unit_paths()[1:]])
+        return {"installed": service.installed, "backend": service.backend, "configPath": service.config_path}
+
     def status(self, as_json: bool) -> int:
         worker = self.daemon()
+        service = self._system_service()
         if worker is None:
-            self.out.write(json.dumps({"status": "stopped"}) + "\n" if as_json else "stopped\n")
+            if as_json:
+                stopped: dict[str, Any] = {"status": "stopped"}
+                if service["installed"]:
+                    stopped["systemService"] = service
+                self.out.write(json.dumps(stopped) + "\n")
+            else:
+                self.out.write("stopped" + (f" (systemd unit {service['configPath']})" if service["installed"]
+                                            else "") + "\n")
             return EXIT_STOPPED
         r = worker.record
         if as_json:
             data = {"status": "running", "pid": r.pid, "endpoint": r.endpoint, "startedAt": r.started_at,
                     "name": r.name}
-            self.out.write(json.dumps({k: v for k, v in data.items() if v is not None}) + "\n")
+            data = {k: v for k, v in data.items() if v is not None}
+            self.out.write(json.dumps({**data, "systemService": service}) + "\n")
         else:
-            self.out.write(f"running: pid {r.pid}, endpoint {r.endpoint or '-'}, started {_started(r.started_at)}\n")
+            self.out.write(f"running: pid {r.pid}, endpoint {r.endpoint or '-'}, started {_started(r.started_at)}"
+                           + (f", systemd unit {service['configPath']}" if service["installed"] else "") + "\n")
         return 0
 
     def stop(self) -> int:
@@ -291,6 +326,16 @@ class Commands:
 
     def restart(self, port: int | None, host: str | None, cwd: str | None) -> int:
         worker = self.daemon()
+        unit = unit_of(worker.record.pid) if worker is not None else None
+        if unit is not None:
+            command = unit.systemctl("restart", unit.name)
+            result = self.runner(command)
+            if result.returncode != 0:
+                raise CliError(f"{shlex.join(command)} failed: "
+                               f"{(result.stderr or result.stdout).strip() or f'status {result.returncode}'}"
+                               + ("" if unit.user else f" (a system service: sudo {shlex.join(command)})"))
+            self.out.write(f"Restarted {unit.name} ({shlex.join(command)})\n")
+            return 0
         if worker is not None:
             if worker.record.endpoint and port is None:
                 parts = urlsplit(worker.record.endpoint)
@@ -301,6 +346,84 @@ class Commands:
                 cwd = worker.record.cwd
             self.stop()
         return self.start(port, host, cwd)
+
+
+    # -- systemd user service
+
+    def install(self, port: int | None, host: str | None, cwd: str | None, as_json: bool) -> int:
+        workspace = str(Path(cwd).resolve()) if cwd else os.getcwd()
+        options = ["--port", str(DEFAULT_PORT if port is None else port), *(["--host", host] if host else [])]
+        argv = [twistd_path(), "--nodaemon", "--pidfile=", "codebuddy", *options,
+                "--home", str(self.home), "--cwd", workspace]
+        path = user_unit_path(self.user_home)
+        enable = [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", UNIT_NAME]]
+        report: dict[str, Any] = {"unitPath": str(path), "written": False, "enabled": False,
+                                  "commands": [shlex.join(c) for c in enable]}
+        if shutil.which("systemctl", path=self.environ.get("PATH")) is None:
+            report["commands"] = [shlex.join(argv)]
+            report["error"] = "systemd is not available here (no systemctl)"
+            return self._report(report, as_json, (
+                "codebuddy: systemd is not available on this machine (no systemctl), so no service was installed.\n"
+                f"Start the daemon now with:\n  {shlex.join(['codebuddy', 'daemon', 'start', *options])} "
+                f"--cwd {shlex.quote(workspace)}\n"
+                "or in the foreground of your own supervisor with:\n"
+                f"  {shlex.join(argv)}\n"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, render_user_unit(unit_text(), argv).encode())
+        report["written"] = True
+        for command in enable:
+            result = self.runner(command)
+            if result.returncode != 0:
+                reason = (result.stderr or result.stdout).strip().splitlines()
+                report["error"] = f"{shlex.join(command)} failed: {reason[0] if reason else result.returncode}"
+                return self._report(report, as_json, (
+                    f"codebuddy: wrote {path}, but {report['error']}.\n"
+                    "Run these where your systemd user manager is reachable (a login session; "
+                    f"'loginctl enable-linger {_user()}' keeps it running without one):\n"
+                    + "".join(f"  {c}\n" for c in report["commands"])
+                    + "Then: journalctl --user -u codebuddy -f\n"))
+        report["enabled"] = True
+        return self._report(report, as_json, (
+            f"Installed and started {UNIT_NAME} ({path}).\n"
+            f"It starts with your user session; to keep it running after you log out: "
+            f"loginctl enable-linger {_user()}\nLogs: journalctl --user -u codebuddy -f\n"))
+
+    def uninstall(self, as_json: bool) -> int:
+        path = user_unit_path(self.user_home)
+        report: dict[str, Any] = {"unitPath": str(path), "removed": False}
+        if not path.exists():
+            return self._report(report, as_json, f"not installed ({path} does not exist)\n", status=0)
+        problems = []
+        if shutil.which("systemctl", path=self.environ.get("PATH")) is not None:
+            result = self.runner(["systemctl", "--user", "disable", "--now", UNIT_NAME])
+            if result.returncode != 0:
+                lines = (result.stderr or result.stdout).strip().splitlines()
+                problems.append(f"systemctl --user disable --now {UNIT_NAME} failed: "
+                                f"{lines[0] if lines else result.returncode}")
+        path.unlink(missing_ok=True)
+        report["removed"] = True
+        if problems:
+            report["error"] = problems[0]
+        else:
+            self.runner(["systemctl", "--user", "daemon-reload"])
+        return self._report(report, as_json, f"Removed {path}" + (
+            f" ({problems[0]}; if it still runs: systemctl --user stop codebuddy, then "
+            "systemctl --user daemon-reload)" if problems else "") + "\n", status=0)
+
+    def _report(self, report: dict[str, Any], as_json: bool, text: str, status: int | None = None) -> int:
+        code = status if status is not None else (0 if report.get("enabled") else 1)
+        if as_json:
+            self.out.write(json.dumps(report) + "\n")
+        else:
+            (self.out if code == 0 else self.err).write(text)
+        return code
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER") or str(os.getuid())
 
 
 def _healthy(endpoint: str) -> bool:
@@ -321,7 +444,8 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None,
         args = _parser().parse_args(list(argv))
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    commands = Commands(default_home(environ), environ, out, err)
+    user_home = Path(environ["HOME"]) if environ.get("HOME") else None
+    commands = Commands(default_home(environ), environ, out, err, user_home=user_home)
     try:
         if args.command == "ps":
             return commands.ps(args.json, args.kind)
@@ -335,6 +459,10 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None,
             return commands.stop()
         if args.action == "start":
             return commands.start(args.port, args.host, args.cwd)
+        if args.action == "install":
+            return commands.install(args.port, args.host, args.cwd, args.json)
+        if args.action == "uninstall":
+            return commands.uninstall(args.json)
         return commands.restart(args.port, args.host, args.cwd)
     except CliError as exc:
         err.write(f"codebuddy: {exc}\n")

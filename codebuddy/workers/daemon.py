@@ -12,7 +12,12 @@ Daemon control (acp-codebuddy.md §2.1, §2.13): the daemon is the registered wo
   does not answer in time is killed and the answer is ``DAEMON_START_FAILED`` with the log tail.
 - ``stop``: SIGTERM, then SIGKILL after 5 s (:class:`Terminator`). When the daemon is this
   process, the answer is sent first and ``stop_self`` is called on the next clock turn.
-- ``restart``: stop then start on the same port and host; not for this process (409).
+- ``restart``: a daemon that is a systemd service is restarted by systemd (``systemctl [--user]
+  restart UNIT``; a system unit needs root, else 409 with the command to run). Otherwise: stop,
+  then start on the same port, host and workspace. When the daemon is this process, it answers
+  ``restarting`` first, then (next clock turn) either asks systemd or starts the detached
+  :mod:`codebuddy.workers.relaunch` helper, which waits for this process to exit and becomes the
+  new daemon, and stops.
 """
 
 from __future__ import annotations
@@ -29,24 +34,30 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.logger import Logger
 
 from codebuddy.web.errors import ApiError
 from codebuddy.workers.control import Terminator
 from codebuddy.workers.logs import read_tail
 from codebuddy.workers.registry import LocalWorker, Registry
 from codebuddy.workers.remote import RemoteClient, RemoteError
+from codebuddy.workers.units import SystemdUnit, run, unit_of, user_unit_path
 
-__all__ = ["DaemonControl", "DaemonInfo", "SystemService", "start_argv", "start_env", "unit_paths"]
+__all__ = ["DaemonControl", "DaemonInfo", "SystemService", "find_system_service", "relaunch_argv", "start_argv",
+           "start_env", "unit_paths"]
 
 DEFAULT_PORT = 8080
 START_TIMEOUT = 20.0
 POLL = 0.25
 LOG_TAIL = 40
+RELAUNCH_WAIT = 60.0
+
+_log = Logger()
 
 
 def unit_paths() -> list[Path]:
     """Where a systemd unit for codebuddy is looked for (user unit first)."""
-    return [Path.home() / ".config/systemd/user/codebuddy.service", Path("/etc/systemd/system/codebuddy.service")]
+    return [user_unit_path(), Path("/etc/systemd/system/codebuddy.service")]
 
 
 def twistd_path() -> str:
@@ -67,6 +78,19 @@ def start_argv(home: Path, port: int | None, host: str | None, workspace: str) -
     if host:
         argv += ["--host", host]
     return argv + ["--home", str(home), "--cwd", workspace]
+
+
+def relaunch_argv(pid: int, argv: list[str]) -> list[str]:
+    """The detached helper that runs ``argv`` once ``pid`` has exited (:mod:`codebuddy.workers.relaunch`)."""
+    return [sys.executable, "-m", "codebuddy.workers.relaunch", str(pid), f"{RELAUNCH_WAIT:g}", "--", *argv]
+
+
+def find_system_service(paths: list[Path]) -> SystemService:
+    """The first installed systemd unit of ``paths`` (blocking)."""
+    for path in paths:
+        if path.is_file():
+            return SystemService(True, "systemd", str(path))
+    return SystemService(False, None, None)
 
 
 def start_env(environ: Mapping[str, str], log_path: Path) -> dict[str, str]:
@@ -90,7 +114,7 @@ class SystemService:
 class DaemonInfo:
     """The daemon's state: ``running`` (with its registration) or ``stopped``."""
 
-    status: str = attrs.field(metadata={"doc": "running, stopped or stopping"})
+    status: str = attrs.field(metadata={"doc": "running, stopped, stopping or restarting"})
     pid: int | None = attrs.field(default=None, metadata={"omit_if_default": True})
     endpoint: str | None = attrs.field(default=None, metadata={"omit_if_default": True})
     started_at: int | None = attrs.field(default=None, metadata={"omit_if_default": True,
@@ -134,6 +158,9 @@ class DaemonControl:
         own_pid: int | None = None,
         launcher: Launcher = launch,
         units: Callable[[], list[Path]] = unit_paths,
+        unit_of: Callable[[int], SystemdUnit | None] = unit_of,
+        systemctl: Callable[[list[str]], Any] = run,
+        euid: int | None = None,
         start_timeout: float = START_TIMEOUT,
         poll: float = POLL,
     ) -> None:
@@ -148,6 +175,9 @@ class DaemonControl:
         self._own_pid = own_pid
         self.launcher = launcher
         self.units = units
+        self.unit_of = unit_of
+        self.systemctl = systemctl
+        self.euid = os.geteuid() if euid is None else euid
         self.start_timeout = start_timeout
         self.poll = poll
         self.children: dict[int, subprocess.Popen[bytes]] = {}
@@ -174,10 +204,7 @@ class DaemonControl:
 
     def system_service(self) -> SystemService:
         """The first installed systemd unit (blocking)."""
-        for path in self.units():
-            if path.is_file():
-                return SystemService(True, "systemd", str(path))
-        return SystemService(False, None, None)
+        return find_system_service(self.units())
 
     def _info(self, worker: LocalWorker, service: SystemService | None, **extra: Any) -> DaemonInfo:
         r = worker.record
@@ -207,24 +234,59 @@ class DaemonControl:
         worker = await self.run_blocking(self.find)
         if worker is None:
             raise ApiError("DAEMON_NOT_RUNNING", "No codebuddy daemon is running")
-        if worker.record.pid == self.own_pid:
-            raise ApiError("CONFLICT", "This daemon cannot restart itself: stop it (POST /api/v1/daemon/stop) and "
-                           "start it again from another codebuddy process or the command line",
-                           {"pid": worker.record.pid})
+        r = worker.record
+        unit = await self.run_blocking(self.unit_of, r.pid)
+        if unit is not None:
+            return await self._restart_unit(worker, unit)
         port, host = DEFAULT_PORT, None
-        if worker.record.endpoint:
-            parts = urlsplit(worker.record.endpoint)
+        if r.endpoint:
+            parts = urlsplit(r.endpoint)
             port = parts.port or DEFAULT_PORT
             host = parts.hostname if parts.hostname not in (None, "127.0.0.1") else None
+        if r.pid == self.own_pid:
+            argv = relaunch_argv(r.pid, start_argv(self.registry.home, port, host, r.cwd or self.workspace))
+            try:
+                await self.run_blocking(self.launcher, argv, start_env(self.environ, self.log_path), self.log_path)
+            except OSError as exc:
+                raise ApiError("DAEMON_START_FAILED", f"Cannot run {argv[0]}: {exc.strerror or exc}") from None
+            self.clock.callLater(0, self.stop_self)
+            return DaemonInfo("restarting", r.pid, r.endpoint, r.started_at, r.name)
         await self.stop()
-        return await self.start(port, host)
+        return await self.start(port, host, r.cwd)
 
-    async def start(self, port: int | None, host: str | None) -> DaemonInfo:
+    async def _restart_unit(self, worker: LocalWorker, unit: SystemdUnit) -> DaemonInfo:
+        r = worker.record
+        if not unit.user and self.euid != 0:
+            raise ApiError("CONFLICT", f"The daemon is the systemd service {unit.name}; restart it as root: "
+                           f"sudo systemctl restart {unit.name}", {"pid": r.pid, "unit": unit.name})
+        if r.pid == self.own_pid:
+            self.clock.callLater(0, self._ask_systemd, unit)
+            return DaemonInfo("restarting", r.pid, r.endpoint, r.started_at, r.name)
+        result = await self.run_blocking(self.systemctl, unit.systemctl("restart", unit.name))
+        if result.returncode != 0:
+            raise ApiError("DAEMON_START_FAILED", f"systemctl restart {unit.name} failed: "
+                           f"{(result.stderr or result.stdout).strip() or f'status {result.returncode}'}",
+                           {"unit": unit.name})
+        return await self.status()
+
+    def _ask_systemd(self, unit: SystemdUnit) -> None:
+        """Queue the restart job and return (systemd then stops this process and starts it again)."""
+
+        def asked(result: Any) -> None:
+            if result.returncode != 0:
+                _log.error("Restart of {unit} failed: {output}", unit=unit.name,
+                           output=(result.stderr or result.stdout).strip())
+
+        d = self.run_blocking(self.systemctl, unit.systemctl("--no-block", "restart", unit.name))
+        d.addCallback(asked)
+        d.addErrback(lambda f: _log.failure("Restart of {unit} failed", f, unit=unit.name))
+
+    async def start(self, port: int | None, host: str | None, workspace: str | None = None) -> DaemonInfo:
         existing = await self.run_blocking(self.find)
         if existing is not None:
             service = await self.run_blocking(self.system_service)
             return self._info(existing, service, already_running=True)
-        argv = start_argv(self.registry.home, port, host, self.workspace)
+        argv = start_argv(self.registry.home, port, host, workspace or self.workspace)
         env = start_env(self.environ, self.log_path)
         offset = await self.run_blocking(_size, self.log_path)
         try:

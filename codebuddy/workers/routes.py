@@ -522,7 +522,10 @@ class DaemonRoutes:
                 summary="Restart the daemon")
     async def restart(self, request: Any) -> DaemonInfo:
         """
-        Stop the daemon and start it again on the same port and host. Not for the daemon answering
-        (409 ``CONFLICT``): it would have to start its replacement after it stopped listening.
+        Stop the daemon and start it again on the same port, host and workspace, answered once the
+        new one answers health. A systemd service is restarted by ``systemctl restart`` (a system
+        unit only when this daemon runs as root; 409 ``CONFLICT`` with the command otherwise). The
+        daemon answering answers ``{"status": "restarting"}`` first; its replacement takes over once
+        it has exited (same port; a new pid and ``startedAt``).
         """
         return await self.control.restart()

@@ -60,6 +60,16 @@ async def test_start_status_stop_a_second_daemon(tmp_path: Path) -> None:
         status, body = await call(api + "/start", "POST", json={})
         assert (status, body["data"]["alreadyRunning"], body["data"]["pid"]) == (200, True, second_pid)
 
+        status, body = await call(first.url + "/api/v1/workers?local=true")
+        rows = {row["pid"]: row for row in body["data"]}
+        assert (rows[second_pid]["kind"], rows[second_pid]["name"]) == ("daemon", "daemon")
+        assert rows[first.process.pid]["kind"] == "interactive"
+        status, body = await call(first.url + f"/api/v1/workers/{second_pid}/logs?type=process&tail=50")
+        assert status == 200 and body["data"]["type"] == "process"
+        assert f"codebuddy listening on http://127.0.0.1:{port}" in body["data"]["content"]
+        status, body = await call(first.url + "/api/v1/workers/daemon/logs")
+        assert (status, body["data"]["type"]) == (200, "telemetry")
+
         status, body = await call(api + "/stop", "POST")
         assert (status, body["data"]["status"], body["data"]["signal"]) == (200, "stopped", "SIGTERM")
         registry_file = first.home / "sessions" / f"{second_pid}.json"
@@ -70,6 +80,8 @@ async def test_start_status_stop_a_second_daemon(tmp_path: Path) -> None:
         assert not registry_file.exists()
         assert not psutil.pid_exists(second_pid) or psutil.Process(second_pid).status() == psutil.STATUS_ZOMBIE
         assert await call(api + "/status") == (200, {"data": {"status": "stopped"}})
+        status, body = await call(first.url + f"/api/v1/workers/{second_pid}")
+        assert (status, body["error"]["code"]) == (404, "WORKER_NOT_FOUND")
         status, body = await call(api + "/stop", "POST")
         assert (status, body["error"]["code"]) == (409, "DAEMON_NOT_RUNNING")
         log = (first.home / "logs" / "daemon.log").read_text()

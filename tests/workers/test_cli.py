@@ -95,7 +95,8 @@ def test_daemon_status(tmp_path: Path, children: list[subprocess.Popen[bytes]]) 
     code, out, _ = run(tmp_path, "daemon", "status", "--json")
     assert code == 0
     assert json.loads(out) == {"status": "running", "pid": daemon.pid, "endpoint": "http://127.0.0.1:8123",
-                               "startedAt": 1, "name": "daemon"}
+                               "startedAt": 1, "name": "daemon",
+                               "systemService": {"installed": False, "backend": None, "configPath": None}}
     code, out, _ = run(tmp_path, "daemon", "status")
     assert code == 0 and out.startswith(f"running: pid {daemon.pid}, endpoint http://127.0.0.1:8123")
 
@@ -184,3 +185,98 @@ def test_start_when_running(tmp_path: Path, children: list[subprocess.Popen[byte
     register(tmp_path, daemon, kind="daemon", name="daemon", endpoint="http://127.0.0.1:8123")
     assert run(tmp_path, "daemon", "start") == (
         0, f"already running: pid {daemon.pid}, endpoint http://127.0.0.1:8123\n", "")
+
+
+class FakeSystemctl:
+    """Records ``systemctl`` command lines; ``fail`` names the sub-command that fails (bus not reachable)."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def __call__(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(argv))
+        if self.fail is not None and self.fail in argv:
+            return subprocess.CompletedProcess(argv, 1, "", "Failed to connect to bus: No medium found\n")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+def commands(tmp_path: Path, runner: FakeSystemctl, path: str | None = None) -> tuple[
+        workers_cli.Commands, io.StringIO, io.StringIO]:
+    """Commands on ``tmp_path/home`` with the user's home ``tmp_path/user``; ``path``: $PATH (one with systemctl)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "systemctl").write_text("#!/bin/sh\nexit 99\n")  # found on PATH, never run (the runner is fake)
+    (bin_dir / "systemctl").chmod(0o755)
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"PATH": str(bin_dir) if path is None else path}
+    return (workers_cli.Commands(tmp_path / "home", environ, out, err, runner=runner, user_home=tmp_path / "user"),
+            out, err)
+
+
+def test_install_and_uninstall_a_user_service(tmp_path: Path) -> None:
+    systemctl = FakeSystemctl()
+    cmd, out, _ = commands(tmp_path, systemctl)
+    assert cmd.install(8123, None, str(tmp_path), as_json=True) == 0
+    unit = tmp_path / "user/.config/systemd/user/codebuddy.service"
+    assert json.loads(out.getvalue()) == {"unitPath": str(unit), "written": True, "enabled": True, "commands": [
+        "systemctl --user daemon-reload", "systemctl --user enable --now codebuddy.service"]}
+    assert systemctl.calls == [["systemctl", "--user", "daemon-reload"],
+                               ["systemctl", "--user", "enable", "--now", "codebuddy.service"]]
+    text = unit.read_text()
+    assert f"--port 8123 --home {tmp_path / 'home'} --cwd {tmp_path}\n" in text
+    assert "WantedBy=default.target" in text and "User=" not in text
+    assert unit.stat().st_mode & 0o777 == 0o644
+
+    out.truncate(0), out.seek(0)
+    assert cmd.status(as_json=True) == 3
+    assert json.loads(out.getvalue()) == {"status": "stopped", "systemService": {
+        "installed": True, "backend": "systemd", "configPath": str(unit)}}
+
+    systemctl.calls.clear()
+    out.truncate(0), out.seek(0)
+    assert cmd.uninstall(as_json=False) == 0
+    assert out.getvalue() == f"Removed {unit}\n"
+    assert systemctl.calls == [["systemctl", "--user", "disable", "--now", "codebuddy.service"],
+                               ["systemctl", "--user", "daemon-reload"]]
+    assert not unit.exists()
+    out.truncate(0), out.seek(0)
+    assert cmd.uninstall(as_json=False) == 0
+    assert out.getvalue().startswith("not installed")
+
+
+def test_install_without_a_reachable_user_manager_says_what_to_run(tmp_path: Path) -> None:
+    systemctl = FakeSystemctl(fail="daemon-reload")
+    cmd, out, err = commands(tmp_path, systemctl)
+    assert cmd.install(None, "0.0.0.0", str(tmp_path), as_json=False) == 1
+    unit = tmp_path / "user/.config/systemd/user/codebuddy.service"
+    assert "--port 8080 --host 0.0.0.0" in unit.read_text()
+    message = err.getvalue()
+    assert message.startswith(f"codebuddy: wrote {unit}, but systemctl --user daemon-reload failed: "
+                              "Failed to connect to bus")
+    assert "  systemctl --user daemon-reload\n  systemctl --user enable --now codebuddy.service\n" in message
+    assert out.getvalue() == ""
+
+    systemctl.fail = "disable"
+    assert cmd.uninstall(as_json=True) == 0
+    report = json.loads(out.getvalue())
+    assert (report["removed"], report["error"].split(":")[0]) == (
+        True, "systemctl --user disable --now codebuddy.service failed")
+    assert not unit.exists()
+
+
+def test_install_without_systemd(tmp_path: Path) -> None:
+    """No systemctl on PATH: nothing written, the commands to start the daemon instead."""
+    systemctl = FakeSystemctl()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cmd, out, err = commands(tmp_path, systemctl, path=str(empty))
+    assert cmd.install(9000, None, str(tmp_path), as_json=False) == 1
+    assert systemctl.calls == []
+    assert not (tmp_path / "user/.config/systemd/user/codebuddy.service").exists()
+    assert f"codebuddy daemon start --port 9000 --cwd {tmp_path}\n" in err.getvalue()
+    assert "--nodaemon --pidfile= codebuddy --port 9000" in err.getvalue()
+    assert cmd.install(9000, None, str(tmp_path), as_json=True) == 1
+    report = json.loads(out.getvalue())
+    assert (report["written"], report["enabled"], report["error"]) == (
+        False, False, "systemd is not available here (no systemctl)")
