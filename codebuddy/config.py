@@ -155,6 +155,8 @@ class Config:
     upload_fsync: bool = True
     pty_idle_timeout: float = 24 * 3600.0
     started_at: float = attrs.field(factory=time.time)
+    # the command line's auth and password: they win over settings changed at run time
+    pinned: Mapping[str, str] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Config:
@@ -171,57 +173,72 @@ class Config:
         gateway = settings.get("gateway") if isinstance(settings.get("gateway"), dict) else {}
         assert isinstance(gateway, dict)
 
-        mode = options.get("auth") or env.get("CODEBUDDY_GATEWAY_AUTH") or gateway.get("auth")
-        if mode:
-            mode = str(mode).strip().lower()
-            if mode not in AUTH_MODES:
-                raise ConfigError(f"auth mode must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
-        else:
-            mode = AUTH_NONE if loopback else AUTH_PASSWORD
-        password = options.get("password") or env.get("CODEBUDDY_GATEWAY_PASSWORD") or gateway.get("password")
-        if password is not None and not isinstance(password, str):
-            raise ConfigError("gateway.password must be a string")
-
-        cors = _origins(env.get("CODEBUDDY_CODE_CORS_ORIGINS")) + _origins(gateway.get("corsOrigins"))
-        hosts = _origins(env.get("CODEBUDDY_ALLOWED_HOSTS")) + _origins(gateway.get("allowedHosts"))
-        require_header = _truthy(env.get("CODEBUDDY_REQUIRE_REQUEST_HEADER")) or (
-            gateway.get("requireRequestHeader") is True
-        )
-        if _truthy(env.get("CODEBUDDY_DISABLE_REQUEST_VALIDATION")):
-            require_header = False
-        limit = gateway.get("rateLimit") if isinstance(gateway.get("rateLimit"), dict) else {}
-        assert isinstance(limit, dict)
-        rps = _number(
-            env.get("CODEBUDDY_RATE_LIMIT_RPS") or limit.get("requestsPerSecond"),
-            1000.0,
-            "CODEBUDDY_RATE_LIMIT_RPS",
-        )
-        burst = _number(
-            env.get("CODEBUDDY_RATE_LIMIT_BURST") or limit.get("burst"), max(2 * rps, 1.0), "CODEBUDDY_RATE_LIMIT_BURST"
-        )
+        pinned = {k: str(options[k]) for k in ("auth", "password") if options.get(k)}
+        gateway_settings = resolve_gateway(pinned, env, gateway, loopback)
         return cls(
             endpoint=endpoint,
             home=home,
             workspace=workspace,
             session_id=str(options.get("session-id") or uuid.uuid4()),
-            auth_mode=mode,
-            password=password or None,
+            auth_mode=gateway_settings.mode,
+            password=gateway_settings.password,
             access_log=str(options.get("access-log") or "none"),
             loopback_only=loopback,
             max_upload_bytes=int(_number(env.get("CODEBUDDY_MAX_UPLOAD_BYTES"), 0, "CODEBUDDY_MAX_UPLOAD_BYTES")),
             upload_fsync=(env.get("CODEBUDDY_UPLOAD_FSYNC") or "1").strip().lower() not in ("0", "false", "no", "off"),
             # seconds a terminal may go without any viewer before it is ended (0: never)
             pty_idle_timeout=_number(env.get("CODEBUDDY_PTY_IDLE_TIMEOUT"), 24 * 3600.0, "CODEBUDDY_PTY_IDLE_TIMEOUT"),
-            gateway=GatewaySettings(
-                mode=mode,
-                password=password or None,
-                cors_origins=cors,
-                allowed_hosts=hosts,
-                require_request_header=require_header,
-                rate_limit_rps=rps,
-                rate_limit_burst=burst,
-            ),
+            gateway=gateway_settings,
+            pinned=pinned,
         )
+
+
+def resolve_gateway(pinned: Mapping[str, str], env: Mapping[str, str], gateway: Any,
+                    loopback: bool) -> GatewaySettings:
+    """
+    The gateway settings from the command line's ``auth``/``password`` (``pinned``), the
+    environment and the user settings' ``gateway`` object, in that order. Also used when the
+    user settings change while the daemon runs.
+    """
+    if not isinstance(gateway, dict):
+        gateway = {}
+    mode = pinned.get("auth") or env.get("CODEBUDDY_GATEWAY_AUTH") or gateway.get("auth")
+    if mode:
+        mode = str(mode).strip().lower()
+        if mode not in AUTH_MODES:
+            raise ConfigError(f"auth mode must be one of {', '.join(AUTH_MODES)}, got {mode!r}")
+    else:
+        mode = AUTH_NONE if loopback else AUTH_PASSWORD
+    password = pinned.get("password") or env.get("CODEBUDDY_GATEWAY_PASSWORD") or gateway.get("password")
+    if password is not None and not isinstance(password, str):
+        raise ConfigError("gateway.password must be a string")
+
+    cors = _origins(env.get("CODEBUDDY_CODE_CORS_ORIGINS")) + _origins(gateway.get("corsOrigins"))
+    hosts = _origins(env.get("CODEBUDDY_ALLOWED_HOSTS")) + _origins(gateway.get("allowedHosts"))
+    require_header = _truthy(env.get("CODEBUDDY_REQUIRE_REQUEST_HEADER")) or (
+        gateway.get("requireRequestHeader") is True
+    )
+    if _truthy(env.get("CODEBUDDY_DISABLE_REQUEST_VALIDATION")):
+        require_header = False
+    limit = gateway.get("rateLimit") if isinstance(gateway.get("rateLimit"), dict) else {}
+    assert isinstance(limit, dict)
+    rps = _number(
+        env.get("CODEBUDDY_RATE_LIMIT_RPS") or limit.get("requestsPerSecond"),
+        1000.0,
+        "CODEBUDDY_RATE_LIMIT_RPS",
+    )
+    burst = _number(
+        env.get("CODEBUDDY_RATE_LIMIT_BURST") or limit.get("burst"), max(2 * rps, 1.0), "CODEBUDDY_RATE_LIMIT_BURST"
+    )
+    return GatewaySettings(
+        mode=mode,
+        password=password or None,
+        cors_origins=cors,
+        allowed_hosts=hosts,
+        require_request_header=require_header,
+        rate_limit_rps=rps,
+        rate_limit_burst=burst,
+    )
 
 
 def ensure_home(home: Path) -> None:
@@ -257,4 +274,5 @@ __all__ = [
     "coerce_endpoint",
     "endpoint_is_loopback",
     "gateway_password",
+    "resolve_gateway",
 ]

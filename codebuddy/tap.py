@@ -37,6 +37,7 @@ from codebuddy.config import (
     ConfigError,
     ensure_home,
     gateway_password,
+    resolve_gateway,
 )
 from codebuddy.fs.paths import Resolver
 from codebuddy.fs.routes import FsRoutes
@@ -46,11 +47,18 @@ from codebuddy.fs.watch import WatchService
 from codebuddy.process.manager import ProcessManager
 from codebuddy.process.routes import ProcessRoutes
 from codebuddy.process.spawn import Spawner
+from codebuddy.sessions.routes import SessionsRoutes
+from codebuddy.sessions.store import SessionStore
+from codebuddy.settings.live import GatewayReloader
+from codebuddy.settings.routes import SettingsRoutes
+from codebuddy.settings.store import SettingsStore
 from codebuddy.system.info import SystemInfo, child_environment
 from codebuddy.system.routes import SystemRoutes
+from codebuddy.templates.catalog import TemplateCatalog
+from codebuddy.templates.routes import TemplateRoutes
 from codebuddy.terminals.manager import TerminalManager
 from codebuddy.terminals.routes import TerminalRoutes
-from codebuddy.web.auth import RequestGuard
+from codebuddy.web.auth import GatewaySettings, RequestGuard
 from codebuddy.web.openapi import DocsResource, OpenAPIResource, build_openapi
 from codebuddy.web.root import build_root
 from codebuddy.web.server import CodeBuddySite, HTTPService, ListenError
@@ -198,6 +206,12 @@ def build_workers(config: Config, reactor: Any, daemon: MultiService, environ: M
     return routes, DaemonRoutes(control), service
 
 
+def build_sessions(config: Config, reactor: Any) -> SessionsRoutes:
+    """The sessions area: transcripts under <home>/projects, listed and parsed in the thread pool."""
+    store = SessionStore(config.home)
+    return SessionsRoutes(store, blocking_runner(reactor), str(config.workspace), config.session_id)
+
+
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
     """The server endpoint for ``description``, or SystemExit with one clear line."""
     try:
@@ -261,6 +275,22 @@ def makeService(options: Mapping[str, Any], reactor: Any = None, environ: Mappin
     return build_daemon(config, reactor, os.environ if environ is None else environ)
 
 
+def build_settings(config: Config, reactor: Any, guard: RequestGuard, daemon: MultiService,
+                   environ: Mapping[str, str]) -> SettingsRoutes:
+    """The settings store and routes, and the reloader that applies gateway settings as they change."""
+    store = SettingsStore(config.home, config.workspace)
+
+    def resolve(gateway: Any) -> GatewaySettings:
+        resolved = resolve_gateway(config.pinned, environ, gateway, config.loopback_only)
+        if resolved.mode == AUTH_PASSWORD and not resolved.password:
+            resolved = attrs.evolve(resolved, password=gateway_password(config)[0])
+        return resolved
+
+    reloader = GatewayReloader(store, guard, reactor, blocking_runner(reactor), resolve)
+    reloader.setServiceParent(daemon)
+    return SettingsRoutes(store, blocking_runner(reactor), on_change=reloader.changed)
+
+
 def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> DaemonService:
     """Wire every area for ``config``."""
     endpoint = parse_endpoint(reactor, config.endpoint, environ)
@@ -303,6 +333,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     def listening_url() -> str | None:
         return http_service.url if http_service is not None and http_service.port is not None else None
 
+    settings = build_settings(config, reactor, guard, daemon, environ)
     workers, daemon_routes, registration = build_workers(config, reactor, daemon, environ, listening_url)
     processes = build_process(config, reactor, guard, daemon, environ)
     areas: list[Any] = [
@@ -312,6 +343,9 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         build_terminals(config, reactor, daemon, processes, environ),
         workers,
         daemon_routes,
+        settings,
+        build_sessions(config, reactor),
+        TemplateRoutes(TemplateCatalog(config.home), blocking_runner(reactor)),
     ]
     root, v1 = build_root(
         guard,

@@ -68,6 +68,7 @@ _ROWS: tuple[tuple[str, int, str], ...] = (
     ("DAEMON_NOT_RUNNING", 409, "Daemon is not running"),
     ("DAEMON_ALREADY_RUNNING", 409, "Daemon is already running"),
     ("DAEMON_START_FAILED", 502, "The daemon that was started exited or did not answer health in time"),
+    ("SETTINGS_INVALID", 409, "A settings file does not parse; it is left as it is until fixed by hand"),
 )
 
 CATALOGUE: dict[str, ErrorCode] = {code: ErrorCode(code, status, desc) for code, status, desc in _ROWS}
