@@ -143,7 +143,7 @@ class SettingsRoutes:
         With ``scope``: that file's settings only (``{}`` when it does not exist; 409
         ``SETTINGS_INVALID`` when it does not parse).
         """
-        if query.scope is not None:
+        if query.scope:  # an empty ?scope= is no scope, as for the writes
             return Encoded(dumps({"data": await self.run_blocking(self._read, scope_name(query.scope))}))
         merged, _scopes, problems = await self.run_blocking(self._merged)
         body: dict[str, Any] = {"data": merged}
@@ -156,7 +156,7 @@ class SettingsRoutes:
     async def get(self, request: Any, key: str, query: ScopeQuery) -> SettingValue:
         """One key (dotted paths reach into objects), from the merged view or from ``scope``."""
         parts = key_parts(key)
-        if query.scope is not None:
+        if query.scope:
             scope = scope_name(query.scope)
             found, value = lookup(await self.run_blocking(self._read, scope), parts)
             if not found:

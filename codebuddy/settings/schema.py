@@ -217,7 +217,8 @@ def expects_array(parts: list[str]) -> bool | None:
     found = checker(parts)
     if found is None:
         return None
-    return getattr(found, "__name__", "") == "check_array"
+    # gateway.corsOrigins and allowedHosts take a string or an array: array edits work on the array form
+    return getattr(found, "__name__", "") in ("check_array", "string_or_strings")
 
 
 def merge(layers: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -134,7 +134,8 @@ class SettingsStore:
                 value = SettingsFileError(scope, str(path), 1, 1, f"not UTF-8 text ({exc.reason})")
             except FileNotFoundError:
                 return {}
-            key = self._stat_key(path) or key
+            # Cached under the (mtime, size, inode) seen *before* reading: a change landing while
+            # the text is read has another key, so the next read parses the file again.
             with self._mutex:
                 self._cache[path] = (key, value)
             cached = (key, value)
@@ -162,7 +163,8 @@ class SettingsStore:
     @contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
         lock = self._lock_path(path)
-        lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new home is private (as ensure_home)
+        lock.parent.mkdir(exist_ok=True, mode=0o700)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -187,10 +189,10 @@ class SettingsStore:
             mutate(data)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if scope == "user" else 0o755)
             atomic_write(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), mode=mode)
-            key = self._stat_key(path)
-            if key is not None:
-                with self._mutex:
-                    self._cache[path] = (key, copy.deepcopy(data))
+            # Not cached under a stat taken now: a hand edit right after the write would be hidden
+            # behind it. The next read parses the file once.
+            with self._mutex:
+                self._cache.pop(path, None)
         if not existed and scope == "local":
             self._exclude_from_git()
         return data

@@ -19,10 +19,11 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from inspect import iscoroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -94,6 +95,19 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, "a number"))
     conv.register_structure_hook(bool, _strict(bool, "a boolean"))
     conv.register_structure_hook(Any, lambda v, _t: v)
+
+    def list_factory(tp: Any) -> Callable[[Any, type], Any]:
+        # cattrs would take any iterable: "abc" as ["a", "b", "c"], an object as its keys
+        items = list_structure_factory(tp, conv)
+
+        def structure(value: Any, type_: type) -> Any:
+            if not isinstance(value, list):
+                raise ValueError(f"expected an array, got {_json_type(value)}")
+            return items(value, type_)
+
+        return structure
+
+    conv.register_structure_hook_factory(lambda tp: tp is list or get_origin(tp) is list, list_factory)
 
     def structure_factory(cls: type) -> Callable[[Any, type], Any]:
         overrides = {a.name: override(rename=wire_name(a)) for a in attrs.fields(cls)}

@@ -38,3 +38,22 @@ def test_json_frame_matches_format_event() -> None:
     payload = '{"stdout":"x\\ny"}'
     assert format_json_frame(payload.encode(), event="data", id=42) == format_event(payload, event="data", id=42)
     assert format_json_frame(b'{"a":', b"1", b"}", event="end") == format_event('{"a":1}', event="end")
+
+
+def test_a_list_field_takes_only_an_array() -> None:
+    """cattrs would structure "abc" as ["a", "b", "c"] and an object as its keys: both are 400s."""
+    import attrs
+    import pytest
+
+    from codebuddy.web.errors import ApiError
+    from codebuddy.web.json import structure
+
+    @attrs.define
+    class Body:
+        values: list[str]
+
+    assert structure({"values": ["abc"]}, Body) == Body(["abc"])
+    for bad, message in (("abc", "expected an array, got a string"), ({"a": 1}, "expected an array, got an object")):
+        with pytest.raises(ApiError) as caught:
+            structure({"values": bad}, Body)
+        assert caught.value.details == [{"field": "values", "message": message}]
