@@ -44,6 +44,9 @@ from codebuddy.fs.routes import FsRoutes
 from codebuddy.fs.search import FileSearch
 from codebuddy.fs.transfer import UploadOpener
 from codebuddy.fs.watch import WatchService
+from codebuddy.plugins.manager import PluginManager
+from codebuddy.plugins.routes import PluginRoutes
+from codebuddy.plugins.sources import Git, ManifestFetcher
 from codebuddy.process.manager import ProcessManager
 from codebuddy.process.routes import ProcessRoutes
 from codebuddy.process.spawn import Spawner
@@ -206,6 +209,18 @@ def build_workers(config: Config, reactor: Any, daemon: MultiService, environ: M
     return routes, DaemonRoutes(control), service
 
 
+def build_plugins(config: Config, reactor: Any, environ: Mapping[str, str], store: SettingsStore) -> PluginRoutes:
+    """
+    The plugins area: marketplaces and plugins under <home>/plugins, enabled through the
+    settings files (enabledPlugins), fetched with treq (manifest URLs) and git (in the thread pool).
+    """
+    agent = Agent(reactor, connectTimeout=10.0, pool=quiet_pool(reactor))
+    manager = PluginManager(config.home, store, blocking_runner(reactor),
+                            ManifestFetcher(HTTPClient(agent), reactor), Resolver(config.workspace), reactor,
+                            Git(environ=environ))
+    return PluginRoutes(manager)
+
+
 def build_sessions(config: Config, reactor: Any) -> SessionsRoutes:
     """The sessions area: transcripts under <home>/projects, listed and parsed in the thread pool."""
     store = SessionStore(config.home)
@@ -276,9 +291,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None, environ: Mappin
 
 
 def build_settings(config: Config, reactor: Any, guard: RequestGuard, daemon: MultiService,
-                   environ: Mapping[str, str]) -> SettingsRoutes:
-    """The settings store and routes, and the reloader that applies gateway settings as they change."""
-    store = SettingsStore(config.home, config.workspace)
+                   environ: Mapping[str, str], store: SettingsStore) -> SettingsRoutes:
+    """The settings routes, and the reloader that applies gateway settings as they change."""
 
     def resolve(gateway: Any) -> GatewaySettings:
         resolved = resolve_gateway(config.pinned, environ, gateway, config.loopback_only)
@@ -333,7 +347,8 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     def listening_url() -> str | None:
         return http_service.url if http_service is not None and http_service.port is not None else None
 
-    settings = build_settings(config, reactor, guard, daemon, environ)
+    store = SettingsStore(config.home, config.workspace)  # one per daemon: settings and plugins share it
+    settings = build_settings(config, reactor, guard, daemon, environ, store)
     workers, daemon_routes, registration = build_workers(config, reactor, daemon, environ, listening_url)
     processes = build_process(config, reactor, guard, daemon, environ)
     areas: list[Any] = [
@@ -346,6 +361,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         settings,
         build_sessions(config, reactor),
         TemplateRoutes(TemplateCatalog(config.home), blocking_runner(reactor)),
+        build_plugins(config, reactor, environ, store),
     ]
     root, v1 = build_root(
         guard,

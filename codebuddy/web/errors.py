@@ -69,6 +69,12 @@ _ROWS: tuple[tuple[str, int, str], ...] = (
     ("DAEMON_ALREADY_RUNNING", 409, "Daemon is already running"),
     ("DAEMON_START_FAILED", 502, "The daemon that was started exited or did not answer health in time"),
     ("SETTINGS_INVALID", 409, "A settings file does not parse; it is left as it is until fixed by hand"),
+    # Plugins and marketplaces (docs/plugins.md).
+    ("MARKETPLACE_NOT_FOUND", 404, "Plugin marketplace not found (add it first)"),
+    ("PLUGIN_NOT_FOUND", 404, "Plugin not found (not in the marketplace, or not installed)"),
+    ("MANIFEST_INVALID", 400, "A marketplace or plugin manifest is missing or invalid; details lists each problem"),
+    ("SOURCE_UNREACHABLE", 502, "A marketplace or plugin source could not be fetched (download or git clone "
+                                "failed, timed out, or was too large)"),
 )
 
 CATALOGUE: dict[str, ErrorCode] = {code: ErrorCode(code, status, desc) for code, status, desc in _ROWS}
