@@ -1,0 +1,160 @@
+# -*- test-case-name: tests.runs.test_records -*-
+"""
+Runs on disk: ``<home>/runs/<runId>.json`` holds a run's record (rewritten atomically at each
+state change) and ``<home>/runs/<runId>.events.jsonl`` its stream's events (written once the
+run has ended), so ``GET /runs/:id`` and the stream's replay survive a daemon restart.
+
+A record left ``accepted`` or ``running`` by a daemon that died is marked ``failed`` with the
+reason (``INTERRUPTED``) when the next daemon starts: a run never vanishes.
+Every function here is blocking.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from codebuddy.storage import atomic_write
+from codebuddy.web.json import dumps, omit_if_default, structure, unstructure
+
+__all__ = ["ACTIVE", "FINISHED", "RunError", "RunRecord", "RunStore", "Usage"]
+
+ACTIVE = ("accepted", "running")
+FINISHED = ("completed", "failed", "cancelled")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@attrs.define
+class Usage:
+    """Token counts of a run (summed over its model turns)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read: int = attrs.field(default=0, metadata={"doc": "Prompt tokens served from the provider's cache"})
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_read += other.cache_read
+
+
+@attrs.frozen
+class RunError:
+    """Why a run failed: ``code`` (e.g. ``MODEL_AUTH_FAILED``, ``EXECUTION_ERROR``, ``INTERRUPTED``) and ``message``."""
+
+    code: str
+    message: str
+
+
+@attrs.define
+class Sender:
+    """Who sent the prompt (chat platforms): ``id`` and display ``name``."""
+
+    id: str | None = None
+    name: str | None = None
+
+
+@attrs.define
+class RunRecord:
+    """One run, as ``GET /api/v1/runs/:runId`` answers it."""
+
+    run_id: str
+    status: str = attrs.field(metadata={"doc": "accepted, running, completed, failed or cancelled"})
+    session_id: str
+    cwd: str
+    permission_mode: str
+    prompt: str
+    created_at: int = attrs.field(metadata={"doc": "Milliseconds since the epoch"})
+    model: str | None = None
+    sender: Sender | None = attrs.field(default=None, metadata=omit_if_default())
+    timeout_ms: int | None = attrs.field(default=None, metadata={"doc": "null: no timeout"})
+    started_at: int | None = None
+    finished_at: int | None = None
+    duration_ms: int | None = None
+    result: str | None = attrs.field(default=None, metadata={"doc": "The final reply's text"})
+    stop_reason: str | None = attrs.field(default=None, metadata={
+        "doc": "end_turn, max_turn_requests, cancelled or refusal (ACP stop reasons)"})
+    num_turns: int = 0
+    usage: Usage = attrs.field(factory=Usage)
+    permission_denials: list[dict[str, Any]] = attrs.field(factory=list, metadata={
+        "doc": "Tool calls refused by the permission rules: toolName, toolCallId, input, reason"})
+    error: RunError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+def valid_run_id(run_id: str) -> bool:
+    return _RUN_ID.fullmatch(run_id) is not None and ".." not in run_id
+
+
+class RunStore:
+    """The run files of one home."""
+
+    def __init__(self, home: Path) -> None:
+        self.root = home / "runs"
+
+    def _path(self, run_id: str, suffix: str) -> Path:
+        return self.root / f"{run_id}{suffix}"
+
+    def save(self, record: RunRecord) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self._path(record.run_id, ".json"), dumps(unstructure(record)) + b"\n", mode=0o600)
+
+    def load(self, run_id: str) -> RunRecord | None:
+        if not valid_run_id(run_id):
+            return None
+        try:
+            data = json.loads(self._path(run_id, ".json").read_bytes())
+            return structure(data, RunRecord)
+        except (OSError, ValueError, Exception):  # noqa: BLE001 - a damaged record reads as missing
+            return None
+
+    def save_events(self, run_id: str, events: Iterable[tuple[str, str]]) -> None:
+        """The stream's events as lines ``{"event": type, "data": <json text>}``."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lines = [json.dumps({"event": event, "data": data}, separators=(",", ":")) + "\n" for event, data in events]
+        atomic_write(self._path(run_id, ".events.jsonl"), "".join(lines).encode(), mode=0o600)
+
+    def load_events(self, run_id: str) -> list[tuple[str, str]]:
+        if not valid_run_id(run_id):
+            return []
+        try:
+            text = self._path(run_id, ".events.jsonl").read_text(encoding="utf-8")
+        except OSError:
+            return []
+        events = []
+        for line in text.splitlines():
+            try:
+                item = json.loads(line)
+                events.append((str(item["event"]), str(item["data"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return events
+
+    def interrupted(self, now_ms: int) -> list[RunRecord]:
+        """Mark the runs a previous daemon left active as failed (``INTERRUPTED``); the ones marked."""
+        marked = []
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            record = self.load(name[: -len(".json")])
+            if record is None or record.status not in ACTIVE:
+                continue
+            record.status = "failed"
+            record.finished_at = now_ms
+            record.error = RunError("INTERRUPTED", "The daemon stopped before this run finished")
+            self.save(record)
+            marked.append(record)
+        return marked
