@@ -1,0 +1,1 @@
+"""Sessions: the transcripts in ``<home>/projects/<projectId>/<sessionId>.jsonl``, listed, renamed, deleted."""
