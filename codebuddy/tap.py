@@ -29,6 +29,8 @@ from twisted.python import usage
 from twisted.web.client import Agent
 
 from codebuddy import __version__
+from codebuddy.checkpoints.routes import CheckpointRoutes, InternalCheckpointRoutes
+from codebuddy.checkpoints.store import CheckpointStore
 from codebuddy.config import (
     AUTH_PASSWORD,
     PASSWORD_FILE,
@@ -63,7 +65,7 @@ from codebuddy.terminals.manager import TerminalManager
 from codebuddy.terminals.routes import TerminalRoutes
 from codebuddy.web.auth import GatewaySettings, RequestGuard
 from codebuddy.web.openapi import DocsResource, OpenAPIResource, build_openapi
-from codebuddy.web.root import build_root
+from codebuddy.web.root import Mount, build_root
 from codebuddy.web.server import CodeBuddySite, HTTPService, ListenError
 from codebuddy.workers.control import Terminator
 from codebuddy.workers.daemon import DaemonControl
@@ -227,6 +229,18 @@ def build_sessions(config: Config, reactor: Any) -> SessionsRoutes:
     return SessionsRoutes(store, blocking_runner(reactor), str(config.workspace), config.session_id)
 
 
+def build_checkpoints(config: Config, reactor: Any, sessions: SessionStore,
+                      ) -> tuple[CheckpointRoutes, InternalCheckpointRoutes]:
+    """
+    The checkpoints area: one CheckpointStore (the agent's too, as ``routes.store``) over the
+    sessions' transcripts; the /api/v1/file-changes routes and the Web UI's /internal forms.
+    """
+    store = CheckpointStore(config.home, sessions)
+    run_blocking = blocking_runner(reactor)
+    return (CheckpointRoutes(store, run_blocking, config.session_id),
+            InternalCheckpointRoutes(store, run_blocking, config.session_id))
+
+
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
     """The server endpoint for ``description``, or SystemExit with one clear line."""
     try:
@@ -351,6 +365,8 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     settings = build_settings(config, reactor, guard, daemon, environ, store)
     workers, daemon_routes, registration = build_workers(config, reactor, daemon, environ, listening_url)
     processes = build_process(config, reactor, guard, daemon, environ)
+    sessions = build_sessions(config, reactor)
+    checkpoints, internal_checkpoints = build_checkpoints(config, reactor, sessions.store)
     areas: list[Any] = [
         SystemRoutes(system, guard),
         build_fs(config, reactor, guard, daemon),
@@ -359,7 +375,8 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         workers,
         daemon_routes,
         settings,
-        build_sessions(config, reactor),
+        sessions,
+        checkpoints,
         TemplateRoutes(TemplateCatalog(config.home), blocking_runner(reactor)),
         build_plugins(config, reactor, environ, store),
     ]
@@ -377,6 +394,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         "{\"error\": {\"code\", \"message\", \"details\"?}}.",
     )
     root.children[b"api"].putChild(b"openapi.json", OpenAPIResource(openapi))  # type: ignore[attr-defined]
+    root.putChild(b"internal", Mount(guard, "/internal", [internal_checkpoints]))  # the Web UI's file-changes forms
     site = CodeBuddySite(root, access_log=config.access_log, body_openers=v1.body_openers)
 
     def on_listening(port: IListeningPort) -> None:

@@ -110,8 +110,9 @@ class ApiV1(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, areas: Iterable[Any]):
+    def __init__(self, areas: Iterable[Any], prefix: str = API_PREFIX):
         super().__init__()
+        self.prefix = prefix
         self.areas = list(areas)
         self.routes: list[tuple[RouteSpec, Any]] = []
         self.body_openers: dict[tuple[bytes, bytes], Any] = {}
@@ -125,7 +126,7 @@ class ApiV1(Resource):
         _install_error_handlers(app)
         resource = area.app.resource()
         for (method, path), opener in getattr(area, "body_openers", {}).items():
-            self.body_openers[(method.encode(), (API_PREFIX + path).encode())] = opener
+            self.body_openers[(method.encode(), (self.prefix + path).encode())] = opener
         for spec in routes_of(app):
             self.routes.append((spec, area))
             segment = spec.path.strip("/").split("/", 1)[0].encode()
@@ -135,7 +136,7 @@ class ApiV1(Resource):
             if owner is not resource:
                 raise ValueError(f"two areas declare routes under /{segment.decode()}")
             if spec.static:
-                key = (spec.method.encode(), (API_PREFIX + spec.path).encode())
+                key = (spec.method.encode(), (self.prefix + spec.path).encode())
                 if key in self._static:
                     raise ValueError(f"route {spec.method} {spec.path} is declared twice")
                 self._static[key] = (spec, area)
@@ -152,6 +153,30 @@ class ApiV1(Resource):
         if resource is None:
             return _unrouted(request, not_found(request))
         return resource.render(request)
+
+
+class Mount(ApiV1):
+    """
+    Areas answering under a top-level path other than ``/api/v1`` (e.g. the Web UI's
+    ``/internal/file-changes/*``), mounted as a child of the site root. Requests are screened
+    by the same guard as ``/api`` (rate limit, Host, Origin and CORS, the optional request
+    header; ``OPTIONS`` is a preflight) and routes authenticate as usual. Not in the OpenAPI
+    document, whose paths are those of ``/api/v1``.
+    """
+
+    def __init__(self, guard: RequestGuard, prefix: str, areas: Iterable[Any]):
+        super().__init__(areas, prefix=prefix)
+        self.guard = guard
+        self._preflight = Preflight()
+
+    def render(self, request: Any) -> Any:
+        request.guard = self.guard
+        error = self.guard.screen(request)
+        if error is not None:
+            return render_error(request, error)
+        if request.method == b"OPTIONS":
+            return self._preflight.render(request)
+        return super().render(request)
 
 
 def deliver(request: Any, result: Any) -> Any:
