@@ -31,11 +31,15 @@ usage: codebuddy serve [--port PORT] [--host HOST] [--session-id ID] [--cwd DIR]
        codebuddy logs NAME|PID [--type TYPE] [--tail N] [-f]
        codebuddy daemon status [--json] | start [--port P] [--host H] [--cwd DIR] | stop | restart
        codebuddy daemon install [--port P] [--host H] [--cwd DIR] [--json] | uninstall [--json]
+       codebuddy -p PROMPT [--output-format text|json|stream-json] [--session-id ID] [-y]
+                 [--permission-mode MODE] [--cwd DIR]
+       codebuddy --bg [--name N] TASK [-y] [--session-id ID] [--cwd DIR]
        codebuddy --version
 
 'serve' runs the CodeBuddy Code HTTP API daemon in the foreground (twistd -n codebuddy);
 see 'twistd codebuddy --help' for every option. The other commands work on the local
-worker registry (see docs/workers.md); 'codebuddy COMMAND --help' for each.
+worker registry (see docs/workers.md); 'codebuddy COMMAND --help' for each. '-p' runs one
+agent turn in this process and '--bg' runs it as a background worker (see docs/runs.md).
 """
 
 
@@ -66,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[0] in ("serve", "--serve"):
         command = serve_argv(args[1:])
         os.execv(command[0], command)
+    if args[0] not in WORKER_COMMANDS and args[0] not in ("serve", "--serve"):
+        from codebuddy.agent.headless import main as headless_main
+        from codebuddy.agent.headless import wants_headless
+
+        if wants_headless(args):
+            return headless_main(args)
     if args[0] in WORKER_COMMANDS:
         from codebuddy.workers.cli import main as workers_main
 

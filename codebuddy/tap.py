@@ -29,6 +29,8 @@ from twisted.python import usage
 from twisted.web.client import Agent
 
 from codebuddy import __version__
+from codebuddy.agent.loop import Agent as CodingAgent
+from codebuddy.agent.model import ChatClient, make_http_client
 from codebuddy.checkpoints.routes import CheckpointRoutes, InternalCheckpointRoutes
 from codebuddy.checkpoints.store import CheckpointStore
 from codebuddy.config import (
@@ -52,11 +54,15 @@ from codebuddy.plugins.sources import Git, ManifestFetcher
 from codebuddy.process.manager import ProcessManager
 from codebuddy.process.routes import ProcessRoutes
 from codebuddy.process.spawn import Spawner
+from codebuddy.runs.manager import RunManager
+from codebuddy.runs.records import RunStore
+from codebuddy.runs.routes import RunRoutes
 from codebuddy.sessions.routes import SessionsRoutes
 from codebuddy.sessions.store import SessionStore
 from codebuddy.settings.live import GatewayReloader
 from codebuddy.settings.routes import SettingsRoutes
-from codebuddy.settings.store import SettingsStore
+from codebuddy.settings.schema import DEFAULTS, merge
+from codebuddy.settings.store import SCOPES, SettingsStore
 from codebuddy.system.info import SystemInfo, child_environment
 from codebuddy.system.routes import SystemRoutes
 from codebuddy.templates.catalog import TemplateCatalog
@@ -319,6 +325,30 @@ def build_settings(config: Config, reactor: Any, guard: RequestGuard, daemon: Mu
     return SettingsRoutes(store, blocking_runner(reactor), on_change=reloader.changed)
 
 
+def build_runs(config: Config, reactor: Any, daemon: MultiService, environ: Mapping[str, str],
+               processes: ProcessManager, sessions: SessionStore, checkpoints: CheckpointStore,
+               settings: SettingsStore) -> RunRoutes:
+    """
+    The agent and the run table: runs recorded under <home>/runs, executed by the Agent over
+    the model (treq), the process table (Bash), the transcripts and the checkpoints.
+    """
+    run_blocking = blocking_runner(reactor)
+    chat = ChatClient(make_http_client(reactor), reactor)
+    agent = CodingAgent(config.home, config.workspace, environ, chat, sessions, checkpoints, settings, processes,
+                  run_blocking, reactor)
+    manager = RunManager(RunStore(config.home), agent, reactor, run_blocking)
+    manager.setServiceParent(daemon)
+
+    def merged_settings() -> Deferred[Mapping[str, Any]]:
+        def read() -> Mapping[str, Any]:
+            scopes, _problems = settings.read_all()
+            return merge([DEFAULTS, *(scopes.get(s, {}) for s in SCOPES)])
+
+        return run_blocking(read)
+
+    return RunRoutes(manager, config.workspace, merged_settings, reactor)
+
+
 def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> DaemonService:
     """Wire every area for ``config``."""
     endpoint = parse_endpoint(reactor, config.endpoint, environ)
@@ -367,6 +397,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     processes = build_process(config, reactor, guard, daemon, environ)
     sessions = build_sessions(config, reactor)
     checkpoints, internal_checkpoints = build_checkpoints(config, reactor, sessions.store)
+    runs = build_runs(config, reactor, daemon, environ, processes.manager, sessions.store, checkpoints.store, store)
     areas: list[Any] = [
         SystemRoutes(system, guard),
         build_fs(config, reactor, guard, daemon),
@@ -377,6 +408,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         settings,
         sessions,
         checkpoints,
+        runs,
         TemplateRoutes(TemplateCatalog(config.home), blocking_runner(reactor)),
         build_plugins(config, reactor, environ, store),
     ]
