@@ -30,7 +30,7 @@ from twisted.web.client import Agent
 
 from codebuddy import __version__
 from codebuddy.agent.loop import Agent as CodingAgent
-from codebuddy.agent.model import ChatClient, make_http_client
+from codebuddy.agent.model import ChatClient, make_http_client, resolve_model
 from codebuddy.checkpoints.routes import CheckpointRoutes, InternalCheckpointRoutes
 from codebuddy.checkpoints.store import CheckpointStore
 from codebuddy.config import (
@@ -66,6 +66,7 @@ from codebuddy.settings.store import SCOPES, SettingsStore
 from codebuddy.system.info import SystemInfo, child_environment
 from codebuddy.system.routes import SystemRoutes
 from codebuddy.templates.catalog import TemplateCatalog
+from codebuddy.templates.recommend import Recommender
 from codebuddy.templates.routes import TemplateRoutes
 from codebuddy.terminals.manager import TerminalManager
 from codebuddy.terminals.routes import TerminalRoutes
@@ -349,6 +350,14 @@ def build_runs(config: Config, reactor: Any, daemon: MultiService, environ: Mapp
     return RunRoutes(manager, config.workspace, merged_settings, reactor)
 
 
+def build_templates(config: Config, reactor: Any, environ: Mapping[str, str]) -> TemplateRoutes:
+    """Task templates: built-in, the user's, and the model's recommendations for the workspace."""
+    run_blocking = blocking_runner(reactor)
+    recommender = Recommender(config.home, environ, ChatClient(make_http_client(reactor), reactor), reactor,
+                              run_blocking, resolve_model)
+    return TemplateRoutes(TemplateCatalog(config.home), run_blocking, recommender, config.workspace)
+
+
 def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> DaemonService:
     """Wire every area for ``config``."""
     endpoint = parse_endpoint(reactor, config.endpoint, environ)
@@ -409,7 +418,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         sessions,
         checkpoints,
         runs,
-        TemplateRoutes(TemplateCatalog(config.home), blocking_runner(reactor)),
+        build_templates(config, reactor, environ),
         build_plugins(config, reactor, environ, store),
     ]
     root, v1 = build_root(

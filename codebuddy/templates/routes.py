@@ -2,22 +2,26 @@
 """
 ``/api/v1/tasks/templates`` (spec "Task Templates"; acp-codebuddy.md §2.12).
 
-``GET`` answers the built-in and user templates with the recommendation ``status``. ``POST
-.../refresh`` asks a model for templates suited to the workspace; the daemon has no model
-access yet (it arrives with the agent), so it answers 400 ``MODEL_NOT_CONFIGURED`` and the
-status stays ``idle``.
+``GET`` answers the built-in, user and AI-recommended templates with the recommendation
+``status``. ``POST .../refresh`` starts the recommendation request in the background
+(:mod:`codebuddy.templates.recommend`) and answers ``{status: "loading", message}`` at once;
+clients poll ``GET`` until ``status`` is no longer ``loading``. Without a model: 400
+``MODEL_NOT_CONFIGURED`` saying what to set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 
+from codebuddy.agent.model import ModelNotConfigured
 from codebuddy.templates.catalog import TaskTemplate, TemplateCatalog
+from codebuddy.templates.recommend import Recommender
 from codebuddy.web.errors import ApiError
 from codebuddy.web.json import json_route, omit_if_default
 
@@ -56,9 +60,12 @@ class TemplateRoutes:
 
     app = Klein()
 
-    def __init__(self, catalog: TemplateCatalog, run_blocking: Callable[..., Deferred[Any]]) -> None:
+    def __init__(self, catalog: TemplateCatalog, run_blocking: Callable[..., Deferred[Any]],
+                 recommender: Recommender, workspace: Path) -> None:
         self.catalog = catalog
         self.run_blocking = run_blocking
+        self.recommender = recommender
+        self.workspace = workspace
 
     @json_route(app, "GET", "/tasks/templates", query=TemplatesQuery, response=TemplateList, tags=TAGS,
                 summary="Get task templates")
@@ -69,16 +76,23 @@ class TemplateRoutes:
         ``warnings``).
         """
         templates, warnings = await self.run_blocking(self.catalog.templates)
-        return TemplateList(templates, "idle", warnings=warnings)
+        state = await self.recommender.state(self.workspace)
+        taken = {t.id for t in templates}
+        templates += [t for t in state.templates if t.id not in taken]
+        return TemplateList(templates, state.status, state.cached_at, state.error, warnings)
 
     @json_route(app, "POST", "/tasks/templates/refresh", response=RefreshStarted, tags=TAGS,
                 errors=("MODEL_NOT_CONFIGURED",), summary="Refresh (trigger AI recommendations)")
     async def refresh(self, request: Any) -> RefreshStarted:
         """
-        Would ask the model for templates suited to this workspace. No model is configured in
-        this daemon yet: 400 ``MODEL_NOT_CONFIGURED`` (the built-in and user templates are unchanged).
+        Ask the model for templates suited to this workspace, in the background: answers
+        ``{status: "loading"}`` at once (also while a refresh already runs); ``GET`` then shows
+        ``loading`` until the templates (``source: "ai"``) are ``done``, or ``error``. 400
+        ``MODEL_NOT_CONFIGURED`` without a model.
         """
-        raise ApiError("MODEL_NOT_CONFIGURED", "No model is configured for task recommendations: this daemon "
-                       "cannot reach a model yet (model settings CODEBUDDY_BASE_URL, CODEBUDDY_API_KEY, "
-                       "CODEBUDDY_MODEL and models.json arrive with the agent). The built-in and user templates "
-                       "are still listed by GET /api/v1/tasks/templates.")
+        try:
+            state = await self.recommender.refresh(self.workspace)
+        except ModelNotConfigured as exc:
+            raise ApiError("MODEL_NOT_CONFIGURED", f"Task recommendations need a model. {exc}") from None
+        return RefreshStarted(state.status, "Asking the model for task templates suited to this workspace; "
+                              "poll GET /api/v1/tasks/templates until status is done or error")
