@@ -51,6 +51,7 @@ from codebuddy.process.buffer import Subscription
 from codebuddy.process.manager import ManagedProcess, ProcessManager, ProcessSpec
 from codebuddy.process.spawn import SpawnError
 from codebuddy.storage import atomic_write
+from codebuddy.web.json import json_type
 
 __all__ = [
     "BashTool",
@@ -192,27 +193,11 @@ _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _json_type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
 def _check_value(schema: dict[str, Any], value: Any, where: str) -> str | None:
     kind = schema.get("type")
     if isinstance(kind, str) and not _JSON_TYPES.get(kind, lambda v: True)(value):
         article = "an" if kind[0] in "aeiou" else "a"
-        return f"parameter '{where}' must be {article} {kind}, got {_json_type_name(value)}"
+        return f"parameter '{where}' must be {article} {kind}, got {json_type(value)}"
     if "enum" in schema and value not in schema["enum"]:
         allowed = ", ".join(repr(v) for v in schema["enum"])
         return f"parameter '{where}' must be one of {allowed}, got {value!r}"
@@ -233,7 +218,7 @@ def validate_input(schema: dict[str, Any], value: Any) -> str | None:
     """The first problem of ``value`` against ``schema`` (required fields, types, enums, bounds), or None.
     A ``null`` optional parameter counts as absent; unknown parameters are ignored."""
     if not isinstance(value, dict):
-        return f"the input must be a JSON object, got {_json_type_name(value)}"
+        return f"the input must be a JSON object, got {json_type(value)}"
     for name in schema.get("required", ()):
         if value.get(name) is None:
             return f"missing required parameter '{name}'"

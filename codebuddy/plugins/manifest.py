@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from codebuddy.web.json import omit_if_default
+from codebuddy.web.json import json_type, omit_if_default
 
 MANIFEST_DIRS = (".codebuddy-plugin", ".workbuddy-plugin", ".claude-plugin")
 MARKETPLACE_FILE = "marketplace.json"
@@ -103,23 +103,6 @@ class Checker:
 
     def result(self, kind: str, path: str | None = None) -> ValidationResult:
         return ValidationResult(not self.errors, kind, list(self.errors), list(self.warnings), path)
-
-
-def json_type(value: Any) -> str:
-    """``a string``, ``an array``... for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _join(path: str, key: str) -> str:

@@ -23,6 +23,8 @@ from typing import Any
 
 import attrs
 
+from codebuddy.web.json import json_type
+
 __all__ = ["DEFAULTS", "KNOWN", "PERMISSION_MODES", "Problem", "check", "is_rule", "merge", "RULE_LISTS"]
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "auto", "dontAsk", "bypassPermissions", "delegate")
@@ -69,32 +71,18 @@ def is_rule(text: str) -> bool:
     return _RULE.fullmatch(text) is not None
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def boolean(value: Any, path: str) -> list[Problem]:
-    return [] if isinstance(value, bool) else [Problem(path, f"must be true or false, not {_type_name(value)}")]
+    return [] if isinstance(value, bool) else [Problem(path, f"must be true or false, not {json_type(value)}")]
 
 
 def string(value: Any, path: str) -> list[Problem]:
-    return [] if isinstance(value, str) else [Problem(path, f"must be a string, not {_type_name(value)}")]
+    return [] if isinstance(value, str) else [Problem(path, f"must be a string, not {json_type(value)}")]
 
 
 def integer(minimum: int = 0) -> Check:
     def check_integer(value: Any, path: str) -> list[Problem]:
         if isinstance(value, bool) or not isinstance(value, int):
-            return [Problem(path, f"must be a whole number, not {_type_name(value)}")]
+            return [Problem(path, f"must be a whole number, not {json_type(value)}")]
         if value < minimum:
             return [Problem(path, f"must be at least {minimum}")]
         return []
@@ -114,7 +102,7 @@ def one_of(*choices: str) -> Check:
 def array(item: Check) -> Check:
     def check_array(value: Any, path: str) -> list[Problem]:
         if not isinstance(value, list):
-            return [Problem(path, f"must be an array, not {_type_name(value)}")]
+            return [Problem(path, f"must be an array, not {json_type(value)}")]
         return [p for i, v in enumerate(value) for p in item(v, f"{path}[{i}]")]
 
     return check_array
@@ -123,7 +111,7 @@ def array(item: Check) -> Check:
 def mapping(item: Check) -> Check:
     def check_mapping(value: Any, path: str) -> list[Problem]:
         if not isinstance(value, dict):
-            return [Problem(path, f"must be an object, not {_type_name(value)}")]
+            return [Problem(path, f"must be an object, not {json_type(value)}")]
         return [p for k, v in value.items() for p in item(v, f"{path}.{k}")]
 
     return check_mapping
@@ -138,7 +126,7 @@ def obj(fields: dict[str, Check]) -> Check:
 
     def check_object(value: Any, path: str) -> list[Problem]:
         if not isinstance(value, dict):
-            return [Problem(path, f"must be an object, not {_type_name(value)}")]
+            return [Problem(path, f"must be an object, not {json_type(value)}")]
         return [p for k, v in value.items() if k in fields for p in fields[k](v, f"{path}.{k}")]
 
     setattr(check_object, "fields", fields)  # noqa: B010 (read by check() for dotted keys)
@@ -147,7 +135,7 @@ def obj(fields: dict[str, Check]) -> Check:
 
 def rule(value: Any, path: str) -> list[Problem]:
     if not isinstance(value, str):
-        return [Problem(path, f"must be a permission rule string such as Read(**), not {_type_name(value)}")]
+        return [Problem(path, f"must be a permission rule string such as Read(**), not {json_type(value)}")]
     if not is_rule(value):
         return [Problem(path, f"{value!r} is not a permission rule: write Tool or Tool(specifier), "
                               "e.g. Read(**), Bash(npm test:*), WebFetch(domain:example.com)")]

@@ -66,13 +66,14 @@ def _strict(expected: type, name: str) -> Callable[[Any, type], Any]:
         if expected is float and isinstance(value, int):
             return float(value)
         if not isinstance(value, expected):
-            raise ValueError(f"expected {name}, got {_json_type(value)}")
+            raise ValueError(f"expected {name}, got {json_type(value)}")
         return value
 
     return structure
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """How a JSON value is named in messages: ``a string``, ``an array``, ``null``..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -102,7 +103,7 @@ def _make_converter() -> cattrs.Converter:
 
         def structure(value: Any, type_: type) -> Any:
             if not isinstance(value, list):
-                raise ValueError(f"expected an array, got {_json_type(value)}")
+                raise ValueError(f"expected an array, got {json_type(value)}")
             return items(value, type_)
 
         return structure
@@ -116,7 +117,7 @@ def _make_converter() -> cattrs.Converter:
 
         def structure(value: Any, type_: type) -> Any:
             if not isinstance(value, Mapping):
-                raise ValueError(f"expected an object, got {_json_type(value)}")
+                raise ValueError(f"expected an object, got {json_type(value)}")
             for name, alias in aliases:
                 if name not in value and alias in value:
                     value = {**value, name: value[alias]}
