@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -198,8 +198,12 @@ class Agent:
 
     # -- the turn
 
-    def _prepare(self, run: ActiveRun) -> tuple[models.ModelConfig, PermissionRules, list[dict[str, Any]], str]:
-        """Blocking: the model, the rules, the conversation so far, and the memory files."""
+    def _prepare(self, run: ActiveRun, user_item: dict[str, Any]
+                 ) -> tuple[models.ModelConfig, PermissionRules, list[dict[str, Any]], str]:
+        """
+        Blocking, one trip to the thread pool: the model, the rules, the conversation so far and
+        the memory files; then the user message is appended and opens its checkpoint.
+        """
         cwd = Path(run.record.cwd)
         config = self._model(run.record.cwd)
         scopes, _problems = self.settings.read_all()
@@ -208,7 +212,10 @@ class Agent:
         items: list[dict[str, Any]] = []
         for path in self.sessions.find(run.record.session_id)[:1]:
             items = list(self.sessions.items(path))
-        return config, rules, history_messages(items), self._memory(cwd)
+        memory = self._memory(cwd)
+        self.sessions.append(run.record.session_id, run.record.cwd, [user_item])
+        self.checkpoints.begin(run.record.session_id, run.record.cwd, user_item["id"], run.record.prompt)
+        return config, rules, history_messages(items), memory
 
     def _memory(self, cwd: Path) -> str:
         parts = []
@@ -234,20 +241,27 @@ class Agent:
     async def _append(self, run: ActiveRun, items: list[dict[str, Any]]) -> None:
         stamp = iso_timestamp(self.clock.seconds())
         for item in items:
-            item.setdefault("timestamp", stamp)
-            item.setdefault("sessionId", run.record.session_id)
-            item.setdefault("cwd", run.record.cwd)
+            self._stamp(run, item, stamp)
         await self.run_blocking(self.sessions.append, run.record.session_id, run.record.cwd, items)
+
+    @staticmethod
+    def _stamp(run: ActiveRun, item: dict[str, Any], stamp: str) -> dict[str, Any]:
+        item.setdefault("timestamp", stamp)
+        item.setdefault("sessionId", run.record.session_id)
+        item.setdefault("cwd", run.record.cwd)
+        return item
 
     async def _run(self, run: ActiveRun) -> None:
         record = run.record
-        config, rules, history, memory = await self.run_blocking(self._prepare, run)
         user_id = str(uuid.uuid4())
-        await self._append(run, [_text_item("user", record.prompt, id=user_id)])
-        await self.run_blocking(self.checkpoints.begin, record.session_id, record.cwd, user_id, record.prompt)
+        user_item = self._stamp(run, _text_item("user", record.prompt, id=user_id), iso_timestamp(self.clock.seconds()))
+        config, rules, history, memory = await self.run_blocking(self._prepare, run, user_item)
         system = self._system(record.cwd, memory)
         conversation = [*history, {"role": "user", "content": record.prompt}]
-        budget = config.context_window - (config.max_output_tokens or OUTPUT_RESERVE)
+        # The reply's room comes off the window, but never more than half of it: a small model (a
+        # maxInputTokens at or below the reserve) would otherwise get no history at all.
+        budget = max(config.context_window - (config.max_output_tokens or OUTPUT_RESERVE),
+                     config.context_window // 2)
         schemas = tool_schemas(list(self.tools.values()))
         parent = user_id
         for turn in range(1, self.max_turns + 1):
@@ -328,7 +342,11 @@ class Agent:
                               processes=self.processes,
                               before_change=lambda path: self.run_blocking(self.checkpoints.before_change,
                                                                            record.session_id, path))
-        result: ToolResult = await tool.run(context, args)
+        try:
+            result: ToolResult = await tool.run(context, args)
+        except CancelledError:  # the run was cancelled: the tool's end is in the stream before the run's
+            run.emit("tool.completed", toolCallId=call.id, status="cancelled", output="Cancelled", isError=True)
+            raise
         event: dict[str, Any] = {"toolCallId": call.id, "status": "failed" if result.is_error else "completed",
                                  "output": result.output, "isError": result.is_error}
         if result.diff:

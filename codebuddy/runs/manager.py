@@ -170,8 +170,8 @@ class RunManager(Service):
         record.started_at = self._now()
         run.emit("run.started", status="running", model=record.model, cwd=record.cwd,
                  permissionMode=record.permission_mode, prompt=record.prompt)
-        self.run_blocking(self.store.save, attrs.evolve(record)).addErrback(
-            lambda f: self.log.failure("Saving run {run}", f, run=record.run_id))
+        # Not saved again here: "running" lives in memory (a daemon that dies marks the saved
+        # "accepted" record failed, as it would a running one), which spares every start a write.
         if record.timeout_ms:
             run.timer = self.clock.callLater(record.timeout_ms / 1000, self._end, run, "timeout")
         d = run.deferred = ensureDeferred(self._execute(run))

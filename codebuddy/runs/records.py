@@ -5,7 +5,8 @@ state change) and ``<home>/runs/<runId>.events.jsonl`` its stream's events (writ
 run has ended), so ``GET /runs/:id`` and the stream's replay survive a daemon restart.
 
 A record left ``accepted`` or ``running`` by a daemon that died is marked ``failed`` with the
-reason (``INTERRUPTED``) when the next daemon starts: a run never vanishes.
+reason (``INTERRUPTED``) when the next daemon starts, and its stream (whose events died with
+that daemon) replays a ``run.completed`` saying so: a run never vanishes.
 Every function here is blocking.
 """
 
@@ -154,7 +155,23 @@ class RunStore:
                 continue
             record.status = "failed"
             record.finished_at = now_ms
+            record.stop_reason = "cancelled"
             record.error = RunError("INTERRUPTED", "The daemon stopped before this run finished")
             self.save(record)
+            if not self._path(record.run_id, ".events.jsonl").exists():  # its stream still tells how it ended
+                self.save_events(record.run_id, [("run.completed", _completed_event(record, now_ms))])
             marked.append(record)
         return marked
+
+
+def _completed_event(record: RunRecord, now_ms: int) -> str:
+    """The ``run.completed`` event (the manager's shape) of a run that a previous daemon left unfinished."""
+    assert record.error is not None
+    return json.dumps({
+        "runId": record.run_id, "sessionId": record.session_id, "seq": 1, "ts": now_ms, "type": "run.completed",
+        "status": record.status, "stopReason": record.stop_reason, "result": record.result,
+        "durationMs": record.duration_ms, "numTurns": record.num_turns,
+        "usage": {"inputTokens": record.usage.input_tokens, "outputTokens": record.usage.output_tokens,
+                  "cacheRead": record.usage.cache_read},
+        "error": {"code": record.error.code, "message": record.error.message},
+    }, separators=(",", ":"), ensure_ascii=False)
