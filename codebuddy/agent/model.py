@@ -1294,7 +1294,7 @@ class ChatClient:
             else:
                 check = f"Check {ENV_API_KEY} or the model's apiKey in models.json"
             return ModelError("MODEL_AUTH_FAILED", f"The model provider at {where} refused the credentials (HTTP "
-                              f"{status}){said}. {check}", status, False, provider_code)
+                              f"{status}){said.rstrip('.')}. {check}", status, False, provider_code)
         if status == 404:
             return ModelError("MODEL_NOT_FOUND", f"Model {config.model!r} or the chat completions endpoint was not "
                               f"found at {_display_url(config.chat_url)} (HTTP 404){said}", status, False,
