@@ -46,7 +46,7 @@ Replies (each an attrs class; build them directly or with the helpers):
   - :class:`Call` ``(name, arguments, id=None, fragments=3, send_id=True)``: a tool call, its
     arguments (a dict is JSON-encoded) split into ``fragments`` argument deltas after a first
     delta carrying ``id``/``name``; calls are numbered by ``index`` in order; ``id=None`` makes
-    ``call_<n>``, ``send_id=False`` leaves the id out;
+    ``call_<reply>_<n>`` (unique across the fake's replies), ``send_id=False`` leaves the id out;
   - :class:`Pause` ``(seconds)``: wait (``reactor.callLater``) before the next frame (``delay``
     does this before every frame);
   - :class:`Raw` ``(data)``: bytes/str written as they are (malformed streams);
@@ -657,7 +657,7 @@ class FakeOpenAI:
                 first: dict[str, Any] = {"index": index, "type": "function",
                                          "function": {"name": item.name, "arguments": ""}}
                 if item.send_id:
-                    first["id"] = item.id or f"call_{index}"
+                    first["id"] = item.id or f"call_{self._counter}_{index}"
                 datas.append(frame({"tool_calls": [first]}))
                 arguments = item.arguments_text
                 output.append(item.name + arguments)
@@ -688,7 +688,7 @@ class FakeOpenAI:
             message[reply.reasoning_field] = reply.reasoning
         if reply.calls:
             message["tool_calls"] = [
-                {**({"id": call.id or f"call_{n}"} if call.send_id else {}), "type": "function",
+                {**({"id": call.id or f"call_{self._counter}_{n}"} if call.send_id else {}), "type": "function",
                  "function": {"name": call.name, "arguments": call.arguments_text}}
                 for n, call in enumerate(reply.calls)
             ]
