@@ -240,8 +240,9 @@ class RunManager(Service):
         reason = run.end_reason or "cancelled"
         if reason == "timeout":
             record.status = "failed"
-            minutes = (record.timeout_ms or 0) / 60000
-            record.error = RunError("EXECUTION_ERROR", f"Task timed out after {minutes:g}min")
+            ms = record.timeout_ms or 0
+            after = f"{ms / 60000:g}min" if ms >= 60000 and ms % 60000 == 0 else f"{ms / 1000:g}s"
+            record.error = RunError("EXECUTION_ERROR", f"Task timed out after {after}")
             record.stop_reason = "cancelled"
         elif reason == "shutdown":
             record.status = "failed"
