@@ -22,7 +22,7 @@ The run table: accepts runs, queues them per session, runs them through an :clas
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -118,6 +118,7 @@ class RunManager(Service):
         self.active: dict[str, ActiveRun] = {}
         self._finished: OrderedDict[str, ActiveRun] = OrderedDict()
         self._tails: dict[str, Deferred[None]] = {}
+        self._starting: deque[ActiveRun] = deque()
         self._stopping = False
 
     def _now(self) -> int:
@@ -153,12 +154,27 @@ class RunManager(Service):
 
         run.finished.addBoth(release)
         if previous is None:
-            self._start(run)
+            self._admit(run)
         else:
-            previous.addCallback(lambda _: self._start(run))
+            previous.addCallback(lambda _: self._admit(run))
         return record
 
     # -- running
+
+    def _admit(self, run: ActiveRun) -> None:
+        """
+        Start runs one per reactor turn: a burst of runs accepted at once then shares the
+        reactor with the other requests (health, streams) instead of holding it for all of them.
+        """
+        self._starting.append(run)
+        if len(self._starting) == 1:
+            self.clock.callLater(0, self._start_next)
+
+    def _start_next(self) -> None:
+        run = self._starting.popleft()
+        if self._starting:
+            self.clock.callLater(0, self._start_next)
+        self._start(run)
 
     def _start(self, run: ActiveRun) -> None:
         if run.end_reason is not None or self._stopping:  # cancelled (or shut down) while queued

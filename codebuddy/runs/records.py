@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.runs.test_records -*-
 """
 Runs on disk: ``<home>/runs/<runId>.json`` holds a run's record (rewritten atomically at each
-state change) and ``<home>/runs/<runId>.events.jsonl`` its stream's events (written once the
+state change) and ``<home>/runs/<runId>.events`` its stream's events (SSE frames without ids, written once the
 run has ended), so ``GET /runs/:id`` and the stream's replay survive a daemon restart.
 
 A record left ``accepted`` or ``running`` by a daemon that died is marked ``failed`` with the
@@ -28,6 +28,7 @@ __all__ = ["ACTIVE", "FINISHED", "RunError", "RunRecord", "RunStore", "Usage"]
 
 ACTIVE = ("accepted", "running")
 FINISHED = ("completed", "failed", "cancelled")
+EVENTS = ".events"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -119,25 +120,26 @@ class RunStore:
             return None
 
     def save_events(self, run_id: str, events: Iterable[tuple[str, str]]) -> None:
-        """The stream's events as lines ``{"event": type, "data": <json text>}``."""
+        """
+        The stream's events as their SSE frames without ids (``event: T``, ``data: <json>``, a
+        blank line): the data is already single-line JSON, so nothing is encoded again.
+        """
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lines = [json.dumps({"event": event, "data": data}, separators=(",", ":")) + "\n" for event, data in events]
-        atomic_write(self._path(run_id, ".events.jsonl"), "".join(lines).encode(), mode=0o600)
+        text = "".join(f"event: {event}\ndata: {data}\n\n" for event, data in events)
+        atomic_write(self._path(run_id, EVENTS), text.encode("utf-8"), mode=0o600)
 
     def load_events(self, run_id: str) -> list[tuple[str, str]]:
         if not valid_run_id(run_id):
             return []
         try:
-            text = self._path(run_id, ".events.jsonl").read_text(encoding="utf-8")
-        except OSError:
+            text = self._path(run_id, EVENTS).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
             return []
         events = []
-        for line in text.splitlines():
-            try:
-                item = json.loads(line)
-                events.append((str(item["event"]), str(item["data"])))
-            except (ValueError, KeyError, TypeError):
-                continue
+        for frame in text.split("\n\n"):
+            event, _, data = frame.partition("\ndata: ")
+            if event.startswith("event: ") and data:
+                events.append((event[len("event: "):], data))
         return events
 
     def interrupted(self, now_ms: int) -> list[RunRecord]:
@@ -158,7 +160,7 @@ class RunStore:
             record.stop_reason = "cancelled"
             record.error = RunError("INTERRUPTED", "The daemon stopped before this run finished")
             self.save(record)
-            if not self._path(record.run_id, ".events.jsonl").exists():  # its stream still tells how it ended
+            if not self._path(record.run_id, EVENTS).exists():  # its stream still tells how it ended
                 self.save_events(record.run_id, [("run.completed", _completed_event(record, now_ms))])
             marked.append(record)
         return marked

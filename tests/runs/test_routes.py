@@ -81,6 +81,8 @@ def test_runs_on_one_session_queue_and_others_run_at_once(api: RunsFixture) -> N
     assert api.executor.started == [a["runId"], c["runId"]]
     assert api.json("GET", f"/api/v1/runs/{b['runId']}")[1]["data"]["status"] == "accepted"
     api.executor.finish(a["runId"])
+    assert api.executor.started == [a["runId"], c["runId"]]  # b is admitted on the next reactor turn
+    api.clock.advance(0)
     assert api.executor.started == [a["runId"], c["runId"], b["runId"]]
     record = api.json("GET", f"/api/v1/runs/{a['runId']}")[1]["data"]
     assert (record["status"], record["result"], record["numTurns"], record["stopReason"]) == (
@@ -156,12 +158,14 @@ def test_records_survive_a_restart_and_interrupted_runs_fail(tmp_path: Path) -> 
 def test_shutdown_ends_active_runs_failed(tmp_path: Path) -> None:
     store = RunStore(tmp_path)
     executor = ScriptedExecutor()
-    manager = RunManager(store, executor, Clock(), run_now)
+    clock = Clock()
+    manager = RunManager(store, executor, clock, run_now)
     manager.startService()
     results: list[Any] = []
     for session in ("a", "a"):
         ensureDeferred(manager.submit(RunRequest("p", session, str(tmp_path), "default", None))).addCallback(
             results.append)
+    clock.advance(0)  # the first run starts; the second waits for it (same session)
     stopped: list[Any] = []
     manager.stopService().addCallback(stopped.append)
     assert stopped
@@ -169,3 +173,17 @@ def test_shutdown_ends_active_runs_failed(tmp_path: Path) -> None:
         saved = store.load(record.run_id)
         assert saved is not None and saved.status == "failed" and saved.error.code == "INTERRUPTED"
     assert executor.cancelled == [results[0].run_id]
+
+
+def test_a_burst_of_runs_starts_one_per_reactor_turn(tmp_path: Path) -> None:
+    """Runs accepted together are admitted one per turn, so other requests get the reactor in between."""
+    executor = ScriptedExecutor()
+    clock = Clock()
+    manager = RunManager(RunStore(tmp_path), executor, clock, run_now)
+    manager.startService()
+    for session in ("a", "b", "c"):
+        ensureDeferred(manager.submit(RunRequest("p", session, str(tmp_path), "default", None)))
+    assert executor.started == []
+    assert len(clock.getDelayedCalls()) == 1  # one admission at a time (each schedules the next for a later turn)
+    clock.advance(0)  # a Clock runs the whole chain at once; the reactor runs one link per turn
+    assert len(executor.started) == 3
