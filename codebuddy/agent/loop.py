@@ -37,7 +37,7 @@ from twisted.logger import Logger
 
 from codebuddy.agent import model as models
 from codebuddy.agent.permissions import PermissionRules, decide, refusal_message
-from codebuddy.agent.tools import Tool, ToolContext, ToolResult, default_tools, tool_schemas
+from codebuddy.agent.tools import ReadTool, Tool, ToolContext, ToolResult, default_tools, tool_schemas
 from codebuddy.runs.manager import ActiveRun, RunRequest
 from codebuddy.runs.records import Usage
 from codebuddy.sessions.store import SessionStore
@@ -49,6 +49,7 @@ from codebuddy.web.errors import ApiError
 __all__ = ["Agent", "history_messages", "trim_messages"]
 
 MAX_TURNS = 50
+READ = ReadTool()
 MEMORY_FILES = ("CODEBUDDY.md", ".codebuddy/CODEBUDDY.md", "CODEBUDDY.local.md", "AGENTS.md")
 MEMORY_LIMIT = 64 * 1024
 CHARS_PER_TOKEN = 4
@@ -338,8 +339,14 @@ class Agent:
                      permission={"behavior": decision.behavior, "rule": decision.rule})
             return ToolResult(output=message, is_error=True, title=title)
         run.emit("tool.updated", toolCallId=call.id, status="in_progress")
-        context = ToolContext(cwd=Path(record.cwd), session_id=record.session_id, run_blocking=self.run_blocking,
-                              processes=self.processes,
+        cwd = Path(record.cwd)
+
+        def hidden(path: Path) -> bool:
+            """Files a Read of which the rules would not allow: searches leave them out."""
+            return decide(READ, {"file_path": str(path)}, record.permission_mode, rules, cwd).behavior != "allow"
+
+        context = ToolContext(cwd=cwd, session_id=record.session_id, run_blocking=self.run_blocking,
+                              processes=self.processes, hidden=hidden,
                               before_change=lambda path: self.run_blocking(self.checkpoints.before_change,
                                                                            record.session_id, path))
         try:

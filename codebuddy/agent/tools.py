@@ -161,7 +161,9 @@ class ToolContext:
     the reactor thread (tests pass a synchronous one). ``processes`` is needed by ``Bash`` only.
     ``before_change(path)`` is called before a file is created or changed (may return a Deferred
     or another awaitable). ``cancel`` tells a running tool to stop (``Bash`` kills its group).
-    ``env`` is added to the environment of ``Bash`` commands.
+    ``env`` is added to the environment of ``Bash`` commands. ``hidden(path)`` tells which files
+    the permission rules keep from reads: ``Glob`` and ``Grep`` leave them out of their results
+    (a ``Read(./.env)`` deny rule also covers a search of the whole tree).
     """
 
     cwd: Path
@@ -171,6 +173,7 @@ class ToolContext:
     before_change: Callable[[Path], Any] = _no_hook
     cancel: CancelToken = attrs.field(factory=CancelToken)
     env: dict[str, str] = attrs.field(factory=dict)
+    hidden: Callable[[Path], bool] | None = None
 
     def cancelled(self) -> bool:
         return self.cancel.cancelled
@@ -938,7 +941,7 @@ class GlobTool(Tool):
             raise ToolError("pattern must not be empty")
         base, rest = _split_glob_base(pattern)  # an absolute pattern names its own directory
         root = resolve_path(ctx.cwd, base if base is not None else input.get("path") or ".")
-        files, truncated = await ctx.run_blocking(self._glob, root, rest)
+        files, truncated = await ctx.run_blocking(self._glob, root, rest, ctx.hidden)
         shown = files[:GLOB_MAX_RESULTS]
         if not shown:
             output = "No files found"
@@ -950,7 +953,14 @@ class GlobTool(Tool):
                           metadata={"numFiles": len(files), "truncated": truncated or len(files) > len(shown)})
 
     @staticmethod
-    def _glob(root: Path, pattern: str) -> tuple[list[str], bool]:
+    def _glob(root: Path, pattern: str, hidden: Callable[[Path], bool] | None = None) -> tuple[list[str], bool]:
+        found, truncated = GlobTool._glob_all(root, pattern)
+        if hidden is not None:
+            found = [p for p in found if not hidden(Path(p))]
+        return found, truncated
+
+    @staticmethod
+    def _glob_all(root: Path, pattern: str) -> tuple[list[str], bool]:
         st = _existing(root)
         if not stat.S_ISDIR(st.st_mode):
             raise ToolError(f"{root} is not a directory")
@@ -1050,15 +1060,18 @@ class GrepTool(Tool):
             raise ToolError("pattern must not be empty")
         root = resolve_path(ctx.cwd, input.get("path") or ".")
         mode = input.get("output_mode") or "files_with_matches"
-        output, metadata = await ctx.run_blocking(self._grep, root, pattern, mode, input)
+        output, metadata = await ctx.run_blocking(self._grep, root, pattern, mode, input, ctx.hidden)
         return ToolResult(output, title=self.title(input), locations=[str(root)], metadata=metadata)
 
     @staticmethod
-    def _grep(root: Path, pattern: str, mode: str, input: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def _grep(root: Path, pattern: str, mode: str, input: dict[str, Any],
+              hidden: Callable[[Path], bool] | None = None) -> tuple[str, dict[str, Any]]:
         _existing(root)
         rg = _require_rg()
         argv = [rg, "--no-config", "--hidden", "--no-require-git", "--color", "never", "--no-heading",
                 "--with-filename", "--max-columns", str(GREP_MAX_COLUMNS), "--max-columns-preview"]
+        if hidden is not None:
+            argv.append("--null")  # a NUL after each path: the path is known exactly, whatever it holds
         if input.get("-i"):
             argv.append("--ignore-case")
         if input.get("multiline"):
@@ -1082,13 +1095,17 @@ class GrepTool(Tool):
         argv += ["--regexp", pattern, "--", str(root)]
         out = _run_rg(argv, str(root if root.is_dir() else root.parent), GREP_MAX_READ, SEARCH_TIMEOUT)
         text = out.stdout.decode("utf-8", "replace")
-        lines = text.split("\n")
+        listing = hidden is not None and mode == "files_with_matches"  # --null: NUL-separated paths
+        lines = text.split("\0" if listing else "\n")
         if lines and lines[-1] == "":
             lines.pop()
         if out.truncated and lines:
             lines.pop()  # the last line may be cut
         if out.returncode == 2 and not lines:
             raise ToolError(f"Grep failed: {out.stderr or 'ripgrep reported an error'}")
+        if hidden is not None:
+            numbered = mode == "content" and bool(input.get("-n", True))
+            lines = [p for p in lines if not hidden(Path(p))] if listing else _unhide(lines, hidden, numbered)
         notes: list[str] = []
         if out.timed_out:
             notes.append(f"search stopped after {SEARCH_TIMEOUT:.0f} s; results are partial")
@@ -1125,6 +1142,35 @@ class GrepTool(Tool):
             notes.append(f"output cut at {GREP_MAX_CHARS} characters: narrow the search or use head_limit")
         metadata["numLines"] = len(lines)
         return body + "".join(f"\n… [{n}]" for n in notes), metadata
+
+
+def _unhide(lines: list[str], hidden: Callable[[Path], bool], numbered: bool) -> list[str]:
+    """
+    ripgrep's ``--null`` lines without those of hidden files, written as without ``--null``:
+    ``path``, ``path:count``, ``path:12:text`` (``path-12-text`` for context lines), and ``--``
+    separators kept only between shown groups.
+    """
+    shown: list[str] = []
+    verdicts: dict[str, bool] = {}
+    for line in lines:
+        path, nul, rest = line.partition("\0")
+        if not nul:  # "--" between context groups
+            if shown and shown[-1] != "--":
+                shown.append(line)
+            continue
+        if path not in verdicts:
+            verdicts[path] = hidden(Path(path))
+        if verdicts[path]:
+            continue
+        if not rest:
+            shown.append(path)
+            continue
+        digits = len(rest) - len(rest.lstrip("0123456789")) if numbered else 0
+        separator = "-" if digits and rest[digits:digits + 1] == "-" else ":"
+        shown.append(f"{path}{separator}{rest}")
+    while shown and shown[-1] == "--":
+        shown.pop()
+    return shown
 
 
 # --------------------------------------------------------------------------- Bash

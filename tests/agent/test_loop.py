@@ -543,3 +543,21 @@ async def test_shutdown_interrupts_active_runs(rig: Rig) -> None:
     assert stored is not None and stored.status == "failed" and stored.error is not None
     assert stored.error.code == "INTERRUPTED"
     rig.manager.startService()  # the fixture stops it again
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_deny_rule_also_hides_the_file_from_searches(rig: Rig) -> None:
+    (rig.workspace / ".env").write_text("TOKEN=hunter2\n")
+    (rig.workspace / "app.py").write_text("TOKEN = read_env()\n")
+    rig.settings.update("user", lambda d: d.update(permissions={"deny": ["Read(./.env)"]}))
+    rig.fake.enqueue(
+        calls_reply(Call("Grep", {"pattern": "TOKEN", "output_mode": "content"}, id="g1"),
+                    Call("Glob", {"pattern": "**/*"}, id="g2"), Call("Read", {"file_path": ".env"}, id="r1")),
+        text_reply("Searched."),
+    )
+    record = await rig.run("find the token")
+    assert record.status == "completed"
+    tools = {m["tool_call_id"]: m["content"] for m in rig.fake.requests[1].messages if m["role"] == "tool"}
+    assert "hunter2" not in tools["g1"] and "app.py:1:TOKEN = read_env()" in tools["g1"]
+    assert ".env" not in tools["g2"] and "app.py" in tools["g2"]
+    assert [d["toolCallId"] for d in record.permission_denials] == ["r1"]

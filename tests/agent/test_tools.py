@@ -717,3 +717,20 @@ async def test_bash_errors_without_starting(tmp_path: Path, manager: ProcessMana
     empty = await bash(context(tmp_path, processes=manager), {"command": "  "})
     assert empty.is_error and "must not be empty" in empty.output
     assert len(manager.processes()) == before
+
+
+def test_searches_leave_out_files_the_rules_keep_from_reads(tree: Path) -> None:
+    """``hidden`` (a Read deny rule) removes a file from Glob and from every Grep mode, output shapes kept."""
+    ctx = context(tree, hidden=lambda path: path.name == "a.py")
+    files = run(GrepTool(), ctx, {"pattern": "def "})
+    assert files.output.split("\n") == ["Found 2 files", str(tree / "notes.md"), str(tree / "lib" / "b.py")]
+    content = run(GrepTool(), ctx, {"pattern": "def|main", "output_mode": "content", "-C": 1, "type": "py"})
+    assert str(tree / "a.py") not in content.output
+    assert f"{tree}/lib/b.py:2:def helper():" in content.output.split("\n")
+    shown = run(GrepTool(), context(tree), {"pattern": "def|main", "output_mode": "content", "-C": 1, "type": "py"})
+    assert [line for line in shown.output.split("\n") if "/a.py" not in line and line != "--"] == [
+        line for line in content.output.split("\n") if line != "--"]
+    count = run(GrepTool(), ctx, {"pattern": "def", "output_mode": "count", "type": "py"})
+    assert count.output.split("\n")[0] == f"{tree}/lib/b.py:1"
+    glob = run(GlobTool(), ctx, {"pattern": "**/*.py"})
+    assert glob.output.split("\n") == [str(tree / "lib" / "b.py")]
