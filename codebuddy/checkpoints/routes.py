@@ -36,8 +36,7 @@ from codebuddy.checkpoints.models import (
     UnknownCheckpoint,
 )
 from codebuddy.checkpoints.store import CheckpointStore
-from codebuddy.sessions.store import InvalidSessionId, UnknownSession
-from codebuddy.sessions.transcript import valid_session_id
+from codebuddy.sessions.store import InvalidSessionId, UnknownSession, checked_session_id, session_api_error
 from codebuddy.web.errors import ApiError
 from codebuddy.web.json import json_route, omit_if_default
 
@@ -136,19 +135,13 @@ class _FileChanges:
         self.current_session = current_session
 
     def _session(self, session_id: str | None) -> str:
-        chosen = session_id or self.current_session
-        if not valid_session_id(chosen):
-            raise ApiError("BAD_REQUEST", f"{chosen[:100]!r} is not a valid session id", [
-                {"field": "sessionId", "message": "letters, digits, '_', '-' and '.' only, not starting with '.'"}])
-        return chosen
+        return checked_session_id(session_id or self.current_session, "sessionId")
 
     async def _call(self, session_id: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return await self.run_blocking(fn, session_id, *args)
-        except UnknownSession:
-            raise ApiError("SESSION_NOT_FOUND", f"Session {session_id} not found") from None
-        except InvalidSessionId:  # pragma: no cover - checked before
-            raise ApiError("BAD_REQUEST", "invalid session id") from None
+        except (UnknownSession, InvalidSessionId) as exc:
+            raise session_api_error(exc, session_id) from None
         except NotTracked as exc:
             raise ApiError("NOT_FOUND", f"{NOT_TRACKED}: {', '.join(exc.paths)[:500]}", {"paths": exc.paths}) from None
         except UnknownCheckpoint as exc:

@@ -21,8 +21,16 @@ import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 
-from codebuddy.sessions.store import BASE_FIELDS, InvalidSessionId, SessionStore, SessionWorkspace, UnknownSession
-from codebuddy.sessions.transcript import SessionHistory, project_id, valid_project_id, valid_session_id
+from codebuddy.sessions.store import (
+    BASE_FIELDS,
+    InvalidSessionId,
+    SessionStore,
+    SessionWorkspace,
+    UnknownSession,
+    checked_session_id,
+    session_api_error,
+)
+from codebuddy.sessions.transcript import SessionHistory, project_id, valid_project_id
 from codebuddy.web.errors import ApiError
 from codebuddy.web.json import NO_CONTENT, Encoded, Result, dumps, json_route, omit_if_default
 
@@ -148,18 +156,13 @@ class SessionsRoutes:
         return b'{"data":' + body + b"}" if envelope else body
 
     def _session_id(self, session_id: str) -> str:
-        if not valid_session_id(session_id):
-            raise ApiError("BAD_REQUEST", f"{session_id[:100]!r} is not a valid session id", [
-                {"field": "id", "message": "letters, digits, '_', '-' and '.' only, not starting with '.'"}])
-        return session_id
+        return checked_session_id(session_id, "id")
 
     async def _call(self, session_id: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return await self.run_blocking(fn, session_id, *args)
-        except UnknownSession:
-            raise ApiError("SESSION_NOT_FOUND", f"Session {session_id} not found") from None
-        except InvalidSessionId:  # pragma: no cover - checked before
-            raise ApiError("BAD_REQUEST", "invalid session id") from None
+        except (UnknownSession, InvalidSessionId) as exc:
+            raise session_api_error(exc, session_id) from None
         except PermissionError as exc:
             raise ApiError("PERMISSION_DENIED", f"Not allowed to access {exc.filename or 'the transcript'}") from None
 

@@ -50,9 +50,11 @@ from codebuddy.sessions.transcript import (
     valid_project_id,
     valid_session_id,
 )
+from codebuddy.web.errors import ApiError
 from codebuddy.web.json import dumps
 
-__all__ = ["BASE_FIELDS", "InvalidSessionId", "Listed", "SessionStore", "SessionWorkspace", "UnknownSession"]
+__all__ = ["BASE_FIELDS", "InvalidSessionId", "Listed", "SessionStore", "SessionWorkspace", "UnknownSession",
+           "checked_session_id", "session_api_error"]
 
 SUFFIX = ".jsonl"
 READ_CHUNK = 1 << 20
@@ -69,6 +71,21 @@ class InvalidSessionId(ValueError):
 
 class UnknownSession(LookupError):
     """No transcript has this session id."""
+
+
+def checked_session_id(session_id: str, field: str) -> str:
+    """``session_id`` when it can name a transcript file; else 400 ``BAD_REQUEST`` naming ``field``."""
+    if not valid_session_id(session_id):
+        raise ApiError("BAD_REQUEST", f"{session_id[:100]!r} is not a valid session id", [
+            {"field": field, "message": "letters, digits, '_', '-' and '.' only, not starting with '.'"}])
+    return session_id
+
+
+def session_api_error(exc: UnknownSession | InvalidSessionId, session_id: str) -> ApiError:
+    """How the API answers a store's failure to find a session (404) or to accept its id (400)."""
+    if isinstance(exc, UnknownSession):
+        return ApiError("SESSION_NOT_FOUND", f"Session {session_id} not found")
+    return ApiError("BAD_REQUEST", f"{session_id[:100]!r} is not a valid session id")
 
 
 @attrs.frozen
