@@ -67,6 +67,7 @@ class ActiveRun:
         self.deferred: Deferred[Any] | None = None
         self.finished: Deferred[RunRecord] = Deferred()
         self.timer: IDelayedCall | None = None
+        self.finishing = False  # its end is queued (OnePerTurn)
 
     def when_finished(self) -> Deferred[RunRecord]:
         """A Deferred of its own that fires with the record once the run is recorded as ended."""
@@ -91,6 +92,32 @@ class ActiveRun:
         body = {"runId": r.run_id, "sessionId": r.session_id, "seq": self.events.last_id + 1,
                 "ts": int(self.clock.seconds() * 1000), "type": type_, **payload}
         self.events.append(compact_json(body), event=type_)
+
+
+class OnePerTurn:
+    """
+    Calls made one per reactor turn, in order. Runs accepted together (or ending together, their
+    model streams closing in one turn) would otherwise do all their start (or end) work in one
+    reactor turn, and every other request (health, streams) would wait for all of it.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._calls: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+
+    def add(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._calls.append((fn, args))
+        if len(self._calls) == 1:
+            self.clock.callLater(0, self._next)
+
+    def _next(self) -> None:
+        fn, args = self._calls[0]
+        try:
+            fn(*args)
+        finally:
+            self._calls.popleft()
+            if self._calls:
+                self.clock.callLater(0, self._next)
 
 
 class Executor(Protocol):
@@ -118,7 +145,7 @@ class RunManager(Service):
         self.active: dict[str, ActiveRun] = {}
         self._finished: OrderedDict[str, ActiveRun] = OrderedDict()
         self._tails: dict[str, Deferred[None]] = {}
-        self._starting: deque[ActiveRun] = deque()
+        self._turns = OnePerTurn(clock)
         self._stopping = False
 
     def _now(self) -> int:
@@ -162,19 +189,8 @@ class RunManager(Service):
     # -- running
 
     def _admit(self, run: ActiveRun) -> None:
-        """
-        Start runs one per reactor turn: a burst of runs accepted at once then shares the
-        reactor with the other requests (health, streams) instead of holding it for all of them.
-        """
-        self._starting.append(run)
-        if len(self._starting) == 1:
-            self.clock.callLater(0, self._start_next)
-
-    def _start_next(self) -> None:
-        run = self._starting.popleft()
-        if self._starting:
-            self.clock.callLater(0, self._start_next)
-        self._start(run)
+        """Start ``run`` on a later reactor turn, one run per turn (see :class:`OnePerTurn`)."""
+        self._turns.add(self._start, run)
 
     def _start(self, run: ActiveRun) -> None:
         if run.end_reason is not None or self._stopping:  # cancelled (or shut down) while queued
@@ -191,7 +207,7 @@ class RunManager(Service):
         if record.timeout_ms:
             run.timer = self.clock.callLater(record.timeout_ms / 1000, self._end, run, "timeout")
         d = run.deferred = ensureDeferred(self._execute(run))
-        d.addBoth(lambda result: self._finish(run, result))
+        d.addBoth(lambda result: self._finish_later(run, result))
 
     async def _execute(self, run: ActiveRun) -> None:
         await self.executor.execute(run)
@@ -205,6 +221,13 @@ class RunManager(Service):
             run.deferred.cancel()
         elif run.deferred is None and run.record.status == "accepted" and reason in ("cancelled", "shutdown"):
             self._finish(run, Failure(CancelledError()))
+
+    def _finish_later(self, run: ActiveRun, result: Any) -> None:
+        """Record the end on a later reactor turn, one run per turn (runs often end together)."""
+        if run.finishing:
+            return
+        run.finishing = True
+        self._turns.add(self._finish, run, result)
 
     def _finish(self, run: ActiveRun, result: Any) -> None:
         record = run.record

@@ -138,6 +138,7 @@ def test_a_model_error_is_the_run_error(api: RunsFixture) -> None:
 
     run = start(api, {"text": "a"})
     api.executor.pending.pop(run["runId"]).errback(ModelError())
+    api.clock.advance(0)  # runs are recorded as ended on the next reactor turn
     record = api.json("GET", f"/api/v1/runs/{run['runId']}")[1]["data"]
     assert (record["status"], record["error"]["code"]) == ("failed", "MODEL_AUTH_FAILED")
 
@@ -168,6 +169,7 @@ def test_shutdown_ends_active_runs_failed(tmp_path: Path) -> None:
     clock.advance(0)  # the first run starts; the second waits for it (same session)
     stopped: list[Any] = []
     manager.stopService().addCallback(stopped.append)
+    clock.advance(0)  # the ends are recorded one per reactor turn
     assert stopped
     for record in results:
         saved = store.load(record.run_id)
