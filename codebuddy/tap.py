@@ -236,7 +236,7 @@ def build_sessions(config: Config, reactor: Any) -> SessionsRoutes:
     return SessionsRoutes(store, blocking_runner(reactor), str(config.workspace), config.session_id)
 
 
-def build_checkpoints(config: Config, reactor: Any, sessions: SessionStore,
+def build_checkpoints(config: Config, reactor: Any, sessions: SessionStore, busy: Callable[[str], bool],
                       ) -> tuple[CheckpointRoutes, InternalCheckpointRoutes]:
     """
     The checkpoints area: one CheckpointStore (the agent's too, as ``routes.store``) over the
@@ -244,8 +244,8 @@ def build_checkpoints(config: Config, reactor: Any, sessions: SessionStore,
     """
     store = CheckpointStore(config.home, sessions)
     run_blocking = blocking_runner(reactor)
-    return (CheckpointRoutes(store, run_blocking, config.session_id),
-            InternalCheckpointRoutes(store, run_blocking, config.session_id))
+    return (CheckpointRoutes(store, run_blocking, config.session_id, busy),
+            InternalCheckpointRoutes(store, run_blocking, config.session_id, busy))
 
 
 def parse_endpoint(reactor: Any, description: str, environ: Mapping[str, str]) -> Any:
@@ -405,7 +405,8 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     workers, daemon_routes, registration = build_workers(config, reactor, daemon, environ, listening_url)
     processes = build_process(config, reactor, guard, daemon, environ)
     sessions = build_sessions(config, reactor)
-    checkpoints, internal_checkpoints = build_checkpoints(config, reactor, sessions.store)
+    checkpoints, internal_checkpoints = build_checkpoints(config, reactor, sessions.store,
+                                                          busy=lambda session_id: runs.manager.session_busy(session_id))
     runs = build_runs(config, reactor, daemon, environ, processes.manager, sessions.store, checkpoints.store, store)
     areas: list[Any] = [
         SystemRoutes(system, guard),

@@ -129,10 +129,19 @@ class RevertResponse:
 class _FileChanges:
     """What both forms share: session choice, the store's calls in a thread, error mapping."""
 
-    def __init__(self, store: CheckpointStore, run_blocking: RunBlocking, current_session: str) -> None:
+    def __init__(self, store: CheckpointStore, run_blocking: RunBlocking, current_session: str,
+                 busy: Callable[[str], bool] = lambda session_id: False) -> None:
         self.store = store
         self.run_blocking = run_blocking
         self.current_session = current_session
+        self.busy = busy
+
+    def _idle(self, session_id: str) -> None:
+        """A revert while an agent run works on the session would race its edits and transcript: 409."""
+        if self.busy(session_id):
+            raise ApiError("CONFLICT", f"An agent run is active on session {session_id}; cancel it "
+                           "(POST /api/v1/runs/:runId/cancel) or wait for it to end, then revert",
+                           {"sessionId": session_id})
 
     def _session(self, session_id: str | None) -> str:
         return checked_session_id(session_id or self.current_session, "sessionId")
@@ -170,6 +179,7 @@ class _FileChanges:
             if not body.paths:
                 raise ApiError("BAD_REQUEST", "paths is empty", [{"field": "paths", "message": "no path"}])
             session = self._session(body.session_id)
+            self._idle(session)
             reverted = await self._call(session, self.store.revert_paths, list(body.paths))
             return RevertResponse(True, reverted)
         scope = body.scope or SCOPE_CODE
@@ -177,6 +187,7 @@ class _FileChanges:
             raise ApiError("BAD_REQUEST", f"scope must be one of {', '.join(SCOPES)}, not {scope[:50]!r}",
                            [{"field": "scope", "message": f"one of {', '.join(SCOPES)}"}])
         session = self._session(body.session_id)
+        self._idle(session)
         try:
             result = await self._call(session, self.store.revert_to, body.checkpoint_id, scope)
         except InvalidScope:  # pragma: no cover - checked above

@@ -293,6 +293,10 @@ class RunManager(Service):
 
     # -- reading and cancelling
 
+    def session_busy(self, session_id: str) -> bool:
+        """Whether a run on ``session_id`` is accepted or running (reverts wait for it)."""
+        return any(run.record.session_id == session_id for run in self.active.values())
+
     def _held(self, run_id: str) -> ActiveRun | None:
         return self.active.get(run_id) or self._finished.get(run_id)
 

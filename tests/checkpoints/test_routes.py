@@ -30,14 +30,16 @@ class Fixture(ApiFixture):
     def __init__(self, home: Path, workspace: Path, settings: GatewaySettings | None = None) -> None:
         self.agent = Agent(home, workspace, CURRENT, ManualClock(step=1.0))
         self.blocking: list[str] = []
+        self.busy: set[str] = set()
 
         def run_blocking(fn: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
             self.blocking.append(fn.__name__)
             return maybeDeferred(fn, *args, **kwargs)
 
         store = self.agent.store
-        super().__init__([CheckpointRoutes(store, run_blocking, CURRENT)], settings=settings)
-        internal = InternalCheckpointRoutes(store, run_blocking, CURRENT)
+        busy = self.busy.__contains__
+        super().__init__([CheckpointRoutes(store, run_blocking, CURRENT, busy)], settings=settings)
+        internal = InternalCheckpointRoutes(store, run_blocking, CURRENT, busy)
         self.root.putChild(b"internal", Mount(self.guard, "/internal", [internal]))
 
     def ok(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -208,6 +210,20 @@ def test_revert_paths_then_diff(api: Fixture, turns: dict[str, str]) -> None:
     assert result == {"success": True, "revertedFiles": [turns["b"], turns["a"]]}
     assert diff(api, turns["a"]) == ("a1\n", "a1\n")
     assert not Path(turns["b"]).exists()
+
+
+def test_no_revert_while_a_run_works_on_the_session(api: Fixture, turns: dict[str, str]) -> None:
+    """An active agent run on the session: every revert form is 409 CONFLICT and nothing changes."""
+    before = {p: Path(p).read_bytes() if Path(p).exists() else None for p in turns.values()}
+    transcript = api.agent.transcript().read_bytes()
+    api.busy.add(CURRENT)
+    for body in ({"paths": [turns["a"]]}, {"checkpointId": "c1", "scope": "CodeAndConversation"}, {}):
+        assert api.error("POST", REVERT, json=body) == (409, "CONFLICT")
+        assert api.error("POST", f"{INTERNAL}/revert", json=body) == (409, "CONFLICT")
+    assert {p: Path(p).read_bytes() if Path(p).exists() else None for p in turns.values()} == before
+    assert api.agent.transcript().read_bytes() == transcript
+    api.busy.clear()
+    assert api.ok("POST", REVERT, json={"paths": [turns["a"]]})["success"] is True
 
 
 # --------------------------------------------------------------------------- sessions

@@ -189,3 +189,15 @@ def test_a_burst_of_runs_starts_one_per_reactor_turn(tmp_path: Path) -> None:
     assert len(clock.getDelayedCalls()) == 1  # one admission at a time (each schedules the next for a later turn)
     clock.advance(0)  # a Clock runs the whole chain at once; the reactor runs one link per turn
     assert len(executor.started) == 3
+
+
+def test_session_busy_while_a_run_is_accepted_or_running(api: RunsFixture) -> None:
+    run = start(api, {"text": "a", "sessionId": "s1"})
+    queued = start(api, {"text": "b", "sessionId": "s1"})
+    assert api.manager.session_busy("s1") and not api.manager.session_busy("s2")
+    api.executor.finish(run["runId"])
+    api.clock.advance(0)
+    assert api.manager.session_busy("s1")  # the queued run now runs
+    api.executor.finish(queued["runId"])
+    api.clock.advance(0)
+    assert not api.manager.session_busy("s1")
