@@ -285,6 +285,23 @@ def _split_into(text: str, out: list[str], depth: int) -> None:
     flush()
 
 
+_PROGRAM = re.compile(r"\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(\S+)")
+
+
+def computed_programs(command: str) -> list[str]:
+    """
+    The sub-commands of ``command`` whose program is only known when the shell runs them
+    (``$X -rf /``, ``$(which rm) x``, a backquoted program): no rule can tell what they run.
+    """
+    found = []
+    for sub in split_commands(command):
+        match = _PROGRAM.match(sub)
+        program = match.group(1) if match else ""
+        if program.startswith(("$", "`", "\"$", "'$")) or "$(" in program or "`" in program:
+            found.append(sub.strip())
+    return found
+
+
 def split_commands(command: str) -> list[str]:
     """The simple commands of a command line, blanks collapsed (see the module docstring)."""
     out: list[str] = []
@@ -668,6 +685,11 @@ def decide(tool: PermissionSubject, input: dict[str, Any], mode: str | None, rul
     for rule in rules.deny:
         if call.restrictive_match(rule):
             return Decision("deny", f"denied by the rule {rule.text} in permissions.deny", rule.text)
+    if call.is_bash and any(r.applies_to(tool.name) for r in rules.deny):
+        opaque = computed_programs(str(input.get("command") or ""))
+        if opaque:
+            return Decision("deny", f"the program of {opaque[0]!r} is computed when the command runs, so the "
+                            "permissions.deny rules for Bash cannot be checked; name the program directly")
     if mode == "bypassPermissions":
         return Decision("allow", "bypassPermissions mode")
     if mode == "plan" and not tool.is_read_only:

@@ -451,3 +451,16 @@ def test_property_directory_deny(parts: list[str]) -> None:
     expected = "deny" if resolved.startswith(f"{WS}/secret/") else None
     decision = call(ReadTool(), path, deny=["Read(./secret/**)"])
     assert (decision.behavior == "deny") == (expected == "deny")
+
+
+def test_a_computed_program_cannot_pass_a_bash_deny_rule(tmp_path: Path) -> None:
+    """``$X -rf /`` could be anything: with a Bash deny rule it is refused in every mode, even bypass."""
+    rules = PermissionRules.of(deny=["Bash(rm:*)"])
+    for command in ("$X -rf /", "echo ok && $(which rm) -rf /", "FOO=1 `printf rm` -rf /", '"$CMD" x'):
+        decision = decide(BashTool(), {"command": command}, "bypassPermissions", rules, tmp_path)
+        assert decision.behavior == "deny", command
+        assert "computed when the command runs" in decision.reason
+    for command in ("echo $HOME", "ls $(pwd)", "X=$(date) make"):
+        assert decide(BashTool(), {"command": command}, "bypassPermissions", rules, tmp_path).behavior == "allow"
+    assert decide(BashTool(), {"command": "$X -rf /"}, "bypassPermissions", PermissionRules.of(),
+                  tmp_path).behavior == "allow"  # no deny rule to honour
