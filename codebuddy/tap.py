@@ -61,8 +61,7 @@ from codebuddy.sessions.routes import SessionsRoutes
 from codebuddy.sessions.store import SessionStore
 from codebuddy.settings.live import GatewayReloader
 from codebuddy.settings.routes import SettingsRoutes
-from codebuddy.settings.schema import DEFAULTS, merge
-from codebuddy.settings.store import SCOPES, SettingsStore
+from codebuddy.settings.store import SettingsStore
 from codebuddy.system.info import SystemInfo, child_environment
 from codebuddy.system.routes import SystemRoutes
 from codebuddy.templates.catalog import TemplateCatalog
@@ -340,14 +339,7 @@ def build_runs(config: Config, reactor: Any, daemon: MultiService, environ: Mapp
     manager = RunManager(RunStore(config.home), agent, reactor, run_blocking)
     manager.setServiceParent(daemon)
 
-    def merged_settings() -> Deferred[Mapping[str, Any]]:
-        def read() -> Mapping[str, Any]:
-            scopes, _problems = settings.read_all()
-            return merge([DEFAULTS, *(scopes.get(s, {}) for s in SCOPES)])
-
-        return run_blocking(read)
-
-    return RunRoutes(manager, config.workspace, merged_settings, reactor)
+    return RunRoutes(manager, config.workspace, lambda: run_blocking(settings.merged), reactor)
 
 
 def build_templates(config: Config, reactor: Any, environ: Mapping[str, str]) -> TemplateRoutes:

@@ -196,8 +196,7 @@ async def _run_once(reactor: Any, args: argparse.Namespace, environ: Mapping[str
     from codebuddy.runs.records import RunStore
     from codebuddy.sessions.store import SessionStore
     from codebuddy.sessions.transcript import valid_session_id
-    from codebuddy.settings.schema import DEFAULTS, merge
-    from codebuddy.settings.store import SCOPES, SettingsStore
+    from codebuddy.settings.store import SettingsStore
     from codebuddy.system.info import child_environment
     from codebuddy.web.errors import ApiError
     from codebuddy.workers.registry import Registry
@@ -232,8 +231,7 @@ async def _run_once(reactor: Any, args: argparse.Namespace, environ: Mapping[str
     manager.setServiceParent(services)
     services.startService()
     try:
-        scopes, _problems = settings.read_all()
-        merged = merge([DEFAULTS, *(scopes.get(s, {}) for s in SCOPES)])
+        merged = settings.merged()
         permissions = merged.get("permissions") if isinstance(merged.get("permissions"), dict) else {}
         mode = ("bypassPermissions" if args.dangerously_skip_permissions
                 else args.permission_mode or (permissions or {}).get("defaultMode") or "default")

@@ -42,8 +42,7 @@ from codebuddy.runs.manager import ActiveRun, RunRequest
 from codebuddy.runs.records import Usage
 from codebuddy.sessions.store import SessionStore
 from codebuddy.sessions.transcript import content_text, iso_timestamp
-from codebuddy.settings.schema import DEFAULTS, merge
-from codebuddy.settings.store import SCOPES, SettingsStore
+from codebuddy.settings.store import SettingsStore
 from codebuddy.web.errors import ApiError
 
 __all__ = ["Agent", "history_messages", "trim_messages"]
@@ -207,9 +206,7 @@ class Agent:
         """
         cwd = Path(run.record.cwd)
         config = self._model(run.record.cwd)
-        scopes, _problems = self.settings.read_all()
-        merged = merge([DEFAULTS, *(scopes.get(s, {}) for s in SCOPES)])
-        rules = PermissionRules.from_settings(merged)
+        rules = PermissionRules.from_settings(self.settings.merged())
         items: list[dict[str, Any]] = []
         for path in self.sessions.find(run.record.session_id)[:1]:
             items = list(self.sessions.items(path))

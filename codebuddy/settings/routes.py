@@ -19,8 +19,8 @@ import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 
-from codebuddy.settings.schema import DEFAULTS, RULE_LISTS, check, expects_array, is_rule, merge
-from codebuddy.settings.store import SCOPES, SettingsFileError, SettingsStore, scope_name
+from codebuddy.settings.schema import RULE_LISTS, check, expects_array, is_rule
+from codebuddy.settings.store import SCOPES, SettingsFileError, SettingsStore, merge_scopes, scope_name
 from codebuddy.web.errors import ApiError
 from codebuddy.web.json import Encoded, dumps, json_route
 
@@ -126,7 +126,7 @@ class SettingsRoutes:
 
     def _merged(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[SettingsFileError]]:
         scopes, problems = self.store.read_all()
-        return merge([DEFAULTS, *(scopes.get(s, {}) for s in SCOPES)]), scopes, problems
+        return merge_scopes(scopes), scopes, problems
 
     def _read(self, scope: str) -> dict[str, Any]:
         try:

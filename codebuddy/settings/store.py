@@ -29,17 +29,18 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from codebuddy.settings.schema import DEFAULTS, merge
 from codebuddy.storage import atomic_write
 from codebuddy.web.errors import ApiError
 
-__all__ = ["SCOPES", "SettingsFileError", "SettingsStore", "scope_name"]
+__all__ = ["SCOPES", "SettingsFileError", "SettingsStore", "merge_scopes", "scope_name"]
 
 SCOPES = ("user", "project", "local")
 ALIASES = {"project-local": "local", "projectLocal": "local"}
@@ -77,6 +78,11 @@ class SettingsFileError(Exception):
     def api_error(self) -> ApiError:
         return ApiError("SETTINGS_INVALID", f"The {self.scope} settings file {self} (fix it by hand; it is "
                         "left as it is)", self.to_json())
+
+
+def merge_scopes(scopes: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each scope's settings merged over the defaults, least specific first (schema.merge)."""
+    return merge([DEFAULTS, *(scopes.get(s, {}) for s in SCOPES)])
 
 
 def parse(scope: str, path: Path, text: str) -> dict[str, Any]:
@@ -155,6 +161,11 @@ class SettingsStore:
             except OSError as exc:
                 problems.append(SettingsFileError(scope, str(self.path(scope)), 0, 0, f"cannot read: {exc.strerror}"))
         return scopes, problems
+
+    def merged(self) -> dict[str, Any]:
+        """The merged view (defaults < user < project < local); unusable files are left out."""
+        scopes, _problems = self.read_all()
+        return merge_scopes(scopes)
 
     def _lock_path(self, path: Path) -> Path:
         digest = hashlib.sha256(str(path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
