@@ -26,6 +26,7 @@ a message the model can act on. Only cancellation (``CancelledError``) propagate
 
 from __future__ import annotations
 
+import abc
 import fnmatch
 import inspect
 import os
@@ -273,7 +274,7 @@ def _short(text: str, limit: int = 80) -> str:
 # --------------------------------------------------------------------------- the base class
 
 
-class Tool:
+class Tool(abc.ABC):
     """One tool the model can call. Subclasses set the class attributes and implement ``execute``."""
 
     log = Logger()
@@ -317,8 +318,9 @@ class Tool:
             self.log.failure("tool {tool} failed", tool=self.name)
             return ToolResult(f"{self.name} failed: {type(exc).__name__}: {exc}", is_error=True, title=title)
 
+    @abc.abstractmethod
     async def execute(self, ctx: ToolContext, input: dict[str, Any]) -> ToolResult:
-        raise NotImplementedError
+        """Do the work; failures the model should read are :class:`ToolError` (or ``OSError``)."""
 
 
 def _path_tool_key(input: dict[str, Any], field: str) -> str:
