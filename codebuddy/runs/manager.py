@@ -252,17 +252,7 @@ class RunManager(Service):
                 self.log.failure("Run {run} failed", result, run=record.run_id)
                 record.error = RunError("INTERNAL_ERROR", "The agent failed unexpectedly; the daemon log has "
                                         "the details")
-        payload: dict[str, Any] = {"status": record.status, "stopReason": record.stop_reason,
-                                   "result": record.result, "durationMs": record.duration_ms,
-                                   "numTurns": record.num_turns,
-                                   "usage": {"inputTokens": record.usage.input_tokens,
-                                             "outputTokens": record.usage.output_tokens,
-                                             "cacheRead": record.usage.cache_read}}
-        if record.error is not None:
-            payload["error"] = {"code": record.error.code, "message": record.error.message}
-        if record.permission_denials:
-            payload["permissionDenials"] = record.permission_denials
-        run.emit("run.completed", **payload)
+        run.emit("run.completed", **record.completed_payload())
         run.events.close()
         self.active.pop(record.run_id, None)
         self._finished[record.run_id] = run

@@ -92,6 +92,19 @@ class RunRecord:
     def finished(self) -> bool:
         return self.status in FINISHED
 
+    def completed_payload(self) -> dict[str, Any]:
+        """The fields of the stream's ``run.completed`` event (acp-codebuddy.md §5.3) for this record."""
+        payload: dict[str, Any] = {
+            "status": self.status, "stopReason": self.stop_reason, "result": self.result,
+            "durationMs": self.duration_ms, "numTurns": self.num_turns,
+            "usage": {"inputTokens": self.usage.input_tokens, "outputTokens": self.usage.output_tokens,
+                      "cacheRead": self.usage.cache_read}}
+        if self.error is not None:
+            payload["error"] = {"code": self.error.code, "message": self.error.message}
+        if self.permission_denials:
+            payload["permissionDenials"] = self.permission_denials
+        return payload
+
 
 def valid_run_id(run_id: str) -> bool:
     return _RUN_ID.fullmatch(run_id) is not None and ".." not in run_id
@@ -168,12 +181,6 @@ class RunStore:
 
 def _completed_event(record: RunRecord, now_ms: int) -> str:
     """The ``run.completed`` event (the manager's shape) of a run that a previous daemon left unfinished."""
-    assert record.error is not None
-    return json.dumps({
-        "runId": record.run_id, "sessionId": record.session_id, "seq": 1, "ts": now_ms, "type": "run.completed",
-        "status": record.status, "stopReason": record.stop_reason, "result": record.result,
-        "durationMs": record.duration_ms, "numTurns": record.num_turns,
-        "usage": {"inputTokens": record.usage.input_tokens, "outputTokens": record.usage.output_tokens,
-                  "cacheRead": record.usage.cache_read},
-        "error": {"code": record.error.code, "message": record.error.message},
-    }, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps({"runId": record.run_id, "sessionId": record.session_id, "seq": 1, "ts": now_ms,
+                       "type": "run.completed", **record.completed_payload()}, separators=(",", ":"),
+                      ensure_ascii=False)
