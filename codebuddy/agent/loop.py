@@ -179,6 +179,7 @@ class Agent:
         self.run_blocking = run_blocking
         self.clock = clock
         self.tools = {t.name: t for t in (tools if tools is not None else default_tools())}
+        self.schemas = tool_schemas(list(self.tools.values()))
         self.max_turns = max_turns
 
     # -- Executor
@@ -189,9 +190,10 @@ class Agent:
         except models.ModelNotConfigured as exc:
             raise ApiError("MODEL_NOT_CONFIGURED", str(exc)) from None
 
-    def model_for(self, request: RunRequest) -> Deferred[str]:
-        d = self.run_blocking(self._model, request.cwd)
-        return d.addCallback(lambda config: config.model)
+    def plan(self, request: RunRequest) -> Deferred[models.ModelConfig]:
+        """The run's model (resolved once, when the run is accepted)."""
+        d: Deferred[models.ModelConfig] = self.run_blocking(self._model, request.cwd)
+        return d
 
     def execute(self, run: ActiveRun) -> Deferred[Any]:
         return ensureDeferred(self._run(run))
@@ -199,13 +201,12 @@ class Agent:
     # -- the turn
 
     def _prepare(self, run: ActiveRun, user_item: dict[str, Any]
-                 ) -> tuple[models.ModelConfig, PermissionRules, list[dict[str, Any]], str]:
+                 ) -> tuple[PermissionRules, list[dict[str, Any]], str]:
         """
-        Blocking, one trip to the thread pool: the model, the rules, the conversation so far and
-        the memory files; then the user message is appended and opens its checkpoint.
+        Blocking, one trip to the thread pool: the rules, the conversation so far and the memory
+        files; then the user message is appended and opens its checkpoint.
         """
         cwd = Path(run.record.cwd)
-        config = self._model(run.record.cwd)
         rules = PermissionRules.from_settings(self.settings.merged())
         items: list[dict[str, Any]] = []
         for path in self.sessions.find(run.record.session_id)[:1]:
@@ -213,7 +214,7 @@ class Agent:
         memory = self._memory(cwd)
         self.sessions.append(run.record.session_id, run.record.cwd, [user_item])
         self.checkpoints.begin(run.record.session_id, run.record.cwd, user_item["id"], run.record.prompt)
-        return config, rules, history_messages(items), memory
+        return rules, history_messages(items), memory
 
     def _memory(self, cwd: Path) -> str:
         parts = []
@@ -253,19 +254,19 @@ class Agent:
         record = run.record
         user_id = str(uuid.uuid4())
         user_item = self._stamp(run, _text_item("user", record.prompt, id=user_id), iso_timestamp(self.clock.seconds()))
-        config, rules, history, memory = await self.run_blocking(self._prepare, run, user_item)
+        config: models.ModelConfig = run.plan
+        rules, history, memory = await self.run_blocking(self._prepare, run, user_item)
         system = self._system(record.cwd, memory)
         conversation = [*history, {"role": "user", "content": record.prompt}]
         # The reply's room comes off the window, but never more than half of it: a small model (a
         # maxInputTokens at or below the reserve) would otherwise get no history at all.
         budget = max(config.context_window - (config.max_output_tokens or OUTPUT_RESERVE),
                      config.context_window // 2)
-        schemas = tool_schemas(list(self.tools.values()))
         parent = user_id
         for turn in range(1, self.max_turns + 1):
             record.num_turns = turn
             message_id = str(uuid.uuid4())
-            reply = await self._model_turn(run, config, trim_messages(system, conversation, budget), schemas,
+            reply = await self._model_turn(run, config, trim_messages(system, conversation, budget), self.schemas,
                                            message_id)
             items: list[dict[str, Any]] = []
             if reply.text:

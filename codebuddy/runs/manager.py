@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -59,8 +59,9 @@ class RunRequest:
 class ActiveRun:
     """A run being executed: its record (updated by the executor as it goes) and its event log."""
 
-    def __init__(self, record: RunRecord, clock: IReactorTime) -> None:
+    def __init__(self, record: RunRecord, clock: IReactorTime, plan: Any = None) -> None:
         self.record = record
+        self.plan = plan  # what Executor.plan answered for it
         self.clock = clock
         self.events = EventLog(max_events=MAX_EVENTS, max_bytes=MAX_EVENT_BYTES)
         self.end_reason: str | None = None  # cancelled, timeout or shutdown
@@ -123,8 +124,12 @@ class OnePerTurn:
 class Executor(Protocol):
     """The agent, as the run table uses it."""
 
-    def model_for(self, request: RunRequest) -> Deferred[str]:
-        """The model the run will use; fails with an ApiError (``MODEL_NOT_CONFIGURED``) when there is none."""
+    def plan(self, request: RunRequest) -> Deferred[Any]:
+        """
+        What the run will use (the agent: its model's configuration), whose ``model`` names the
+        model; kept as the run's ``plan``. Fails with an ApiError (``MODEL_NOT_CONFIGURED``) when
+        there is none.
+        """
 
     def execute(self, run: ActiveRun) -> Deferred[Any]:
         """Run the turn: emit events, set ``record.result``/``usage``/``num_turns``/``stop_reason``."""
@@ -162,11 +167,12 @@ class RunManager(Service):
     async def submit(self, request: RunRequest) -> RunRecord:
         if self._stopping:
             raise ApiError("SERVICE_UNAVAILABLE", "The daemon is stopping; runs are not accepted")
-        model = await self.executor.model_for(request)
+        plan = await self.executor.plan(request)
         record = RunRecord(run_id=str(uuid.uuid4()), status="accepted", session_id=request.session_id,
                            cwd=request.cwd, permission_mode=request.permission_mode, prompt=request.prompt,
-                           created_at=self._now(), model=model, sender=request.sender, timeout_ms=request.timeout_ms)
-        run = ActiveRun(record, self.clock)
+                           created_at=self._now(), model=plan.model, sender=request.sender,
+                           timeout_ms=request.timeout_ms)
+        run = ActiveRun(record, self.clock, plan)
         self.active[record.run_id] = run
         await self.run_blocking(self.store.save, record)
         previous = self._tails.get(record.session_id)
@@ -206,11 +212,8 @@ class RunManager(Service):
         # "accepted" record failed, as it would a running one), which spares every start a write.
         if record.timeout_ms:
             run.timer = self.clock.callLater(record.timeout_ms / 1000, self._end, run, "timeout")
-        d = run.deferred = ensureDeferred(self._execute(run))
+        d = run.deferred = maybeDeferred(self.executor.execute, run)
         d.addBoth(lambda result: self._finish_later(run, result))
-
-    async def _execute(self, run: ActiveRun) -> None:
-        await self.executor.execute(run)
 
     def _end(self, run: ActiveRun, reason: str) -> None:
         if run.end_reason is None:

@@ -129,7 +129,7 @@ class RunStore:
         try:
             data = json.loads(self._path(run_id, ".json").read_bytes())
             return structure(data, RunRecord)
-        except (OSError, ValueError, Exception):  # noqa: BLE001 - a damaged record reads as missing
+        except Exception:  # noqa: BLE001 - an unreadable or damaged record reads as missing
             return None
 
     def save_events(self, run_id: str, events: Iterable[tuple[str, str]]) -> None:

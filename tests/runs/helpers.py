@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -25,10 +26,10 @@ class ScriptedExecutor:
         self.started: list[str] = []
         self.cancelled: list[str] = []
 
-    def model_for(self, request: RunRequest) -> Deferred[str]:
+    def plan(self, request: RunRequest) -> Deferred[Any]:
         if self.model is None:
             raise ApiError("MODEL_NOT_CONFIGURED", "no model")
-        return succeed(self.model)
+        return succeed(SimpleNamespace(model=self.model))
 
     def execute(self, run: ActiveRun) -> Deferred[Any]:
         self.started.append(run.record.run_id)
