@@ -29,13 +29,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
-import treq
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, TimeoutError, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from codebuddy.fs.paths import Resolver
 from codebuddy.plugins.manifest import GITHUB_REPO_RE, MAX_MANIFEST_BYTES
+from codebuddy.web.client import BodyTooLarge, discard_body, read_body
 from codebuddy.web.errors import ApiError
 
 __all__ = ["Git", "ManifestFetcher", "Source", "parse_marketplace_source", "source_from_object"]
@@ -248,10 +248,6 @@ class Git:
 # --------------------------------------------------------------------------- http
 
 
-class _TooBig(Exception):
-    pass
-
-
 class ManifestFetcher:
     """GET a ``marketplace.json`` with treq: redirects followed, bounded in time and size."""
 
@@ -269,54 +265,23 @@ class ManifestFetcher:
     async def _fetch(self, url: str) -> bytes:
         response = await self.http.request("GET", url, headers={"Accept": "application/json"},
                                            allow_redirects=True, unbuffered=True)
-        body = bytearray()
-
-        def collect(data: bytes) -> None:
-            body.extend(data)
-            if len(body) > self.max_bytes:
-                raise _TooBig()
-
         if response.code != 200:
-            await self._drain(response)
+            await discard_body(response)
             raise ApiError("SOURCE_UNREACHABLE", f"{redact(url)} answered HTTP {response.code}",
                            {"source": redact(url), "status": response.code})
-        await treq.collect(response, collect)
-        return bytes(body)
-
-    async def _drain(self, response: Any) -> None:
-        """Read (at most 64 KiB of) an error answer so that its connection is released."""
-        seen = [0]
-
-        def drop(data: bytes) -> None:
-            seen[0] += len(data)
-            if seen[0] > 65536:
-                raise _TooBig()
-
-        try:
-            await treq.collect(response, drop)
-        except Exception:  # noqa: BLE001 (the status is what matters)
-            pass
+        return await read_body(response, self.max_bytes)
 
     def _bounded(self, coroutine: Coroutine[Any, Any, bytes], url: str) -> Deferred[bytes]:
-        d = ensureDeferred(coroutine)
-        timer = self.clock.callLater(self.timeout, d.cancel)
-        timed_out: list[bool] = []
+        d = ensureDeferred(coroutine).addTimeout(self.timeout, self.clock)
         shown = redact(url)
-
-        def stop_timer(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            else:
-                timed_out.append(True)
-            return result
 
         def failed(failure: Failure) -> Any:
             if failure.check(ApiError):
                 return failure
-            if failure.check(CancelledError) and timed_out:
+            if failure.check(TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
-            elif failure.check(_TooBig):
-                reason = f"the answer is larger than {self.max_bytes} bytes"
+            elif failure.check(BodyTooLarge):
+                reason = str(failure.value)
             else:
                 value = failure.value
                 inner = getattr(value, "reasons", None)
@@ -325,6 +290,5 @@ class ManifestFetcher:
                 reason = f"{type(value).__name__}: {value}".rstrip(": ")
             raise ApiError("SOURCE_UNREACHABLE", f"cannot download {shown}: {reason}", {"source": shown})
 
-        d.addBoth(stop_timer)
         d.addErrback(failed)
         return d

@@ -18,8 +18,7 @@ import json
 from collections.abc import Coroutine
 from typing import Any
 
-import treq
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, ensureDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
@@ -29,6 +28,7 @@ from twisted.web.client import HTTPConnectionPool, ResponseDone, _HTTP11ClientFa
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
+from codebuddy.web.client import BodyTooLarge, read_body
 from codebuddy.web.json import RESPONSE_WRITTEN
 from codebuddy.web.sse import begin_stream, close_response
 
@@ -54,10 +54,6 @@ def quiet_pool(reactor: Any) -> HTTPConnectionPool:
 
 class RemoteError(Exception):
     """A remote daemon could not be asked (the message says why)."""
-
-
-class _TooBig(Exception):
-    pass
 
 
 def _describe(failure: Failure) -> str:
@@ -100,18 +96,11 @@ class RemoteClient:
     async def _fetch(self, method: str, url: str, credential: str | None) -> tuple[int, Any]:
         response = await self.http.request(method, url, headers=self.headers(credential),
                                            allow_redirects=False, unbuffered=True)
-        body = bytearray()
-
-        def collect(data: bytes) -> None:
-            body.extend(data)
-            if len(body) > self.max_body:
-                raise _TooBig()
-
-        await treq.collect(response, collect)
+        body = await read_body(response, self.max_body)
         if not body.strip():
             return response.code, None
         try:
-            return response.code, json.loads(bytes(body))
+            return response.code, json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise RemoteError(f"HTTP {response.code} with a body that is not JSON") from None
 
@@ -132,16 +121,9 @@ class RemoteClient:
         """The (bounded) JSON body of a response from :meth:`open_stream` (None when not JSON)."""
 
         async def read() -> Any:
-            body = bytearray()
-
-            def collect(data: bytes) -> None:
-                body.extend(data)
-                if len(body) > self.max_body:
-                    raise _TooBig()
-
-            await treq.collect(response, collect)
+            body = await read_body(response, self.max_body)
             try:
-                return json.loads(bytes(body))
+                return json.loads(body)
             except (ValueError, UnicodeDecodeError, RecursionError):
                 return None
 
@@ -149,29 +131,17 @@ class RemoteClient:
 
     def _bounded(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None) -> Deferred[Any]:
         limit = self.timeout if timeout is None else timeout
-        d = ensureDeferred(coroutine)
-        timer = self.clock.callLater(limit, d.cancel)
-        timed_out: list[bool] = []
-
-        def stop_timer(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            else:
-                timed_out.append(True)
-            return result
+        d = ensureDeferred(coroutine).addTimeout(limit, self.clock)
 
         def failed(failure: Failure) -> Any:
-            if failure.check(RemoteError):
+            if failure.check(RemoteError, CancelledError):
                 return failure
-            if failure.check(CancelledError):
-                if timed_out:
-                    raise RemoteError(f"no answer within {limit:g} s")
-                return failure
-            if failure.check(_TooBig):
+            if failure.check(TimeoutError):
+                raise RemoteError(f"no answer within {limit:g} s")
+            if failure.check(BodyTooLarge):
                 raise RemoteError(f"answer larger than {self.max_body} bytes")
             raise RemoteError(_describe(failure))
 
-        d.addBoth(stop_timer)
         d.addErrback(failed)
         return d
 
