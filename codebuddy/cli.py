@@ -44,14 +44,11 @@ agent turn in this process and '--bg' runs it as a background worker (see docs/r
 
 
 def twistd_path() -> str:
-    """The ``twistd`` of this Python environment (beside the interpreter), else from PATH."""
+    """The ``twistd`` of this Python environment (beside the interpreter), else the one on PATH."""
     beside = Path(sys.executable).with_name("twistd")
     if beside.exists():
         return str(beside)
-    found = shutil.which("twistd")
-    if found is None:
-        raise SystemExit("codebuddy: twistd not found; is Twisted installed in this environment?")
-    return found
+    return shutil.which("twistd") or "twistd"
 
 
 def serve_argv(options: Sequence[str]) -> list[str]:
@@ -69,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args[0] in ("serve", "--serve"):
         command = serve_argv(args[1:])
-        os.execv(command[0], command)
-    if args[0] not in WORKER_COMMANDS and args[0] not in ("serve", "--serve"):
+        try:
+            os.execv(command[0], command)
+        except FileNotFoundError:
+            raise SystemExit("codebuddy: twistd not found; is Twisted installed in this environment?") from None
+    if args[0] not in WORKER_COMMANDS:
         from codebuddy.agent.headless import main as headless_main
         from codebuddy.agent.headless import wants_headless
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from codebuddy.cli import serve_argv
 from codebuddy.config import default_home
 from codebuddy.storage import atomic_write
 from codebuddy.web.errors import ApiError
@@ -51,7 +52,6 @@ from codebuddy.workers.daemon import (
     launch,
     start_argv,
     start_env,
-    twistd_path,
     unit_paths,
 )
 from codebuddy.workers.logs import DEFAULT_TAIL, LOG_TYPES, POLL_INTERVAL, complete_utf8, read_tail, select_log
@@ -353,8 +353,7 @@ class Commands:
     def install(self, port: int | None, host: str | None, cwd: str | None, as_json: bool) -> int:
         workspace = str(Path(cwd).resolve()) if cwd else os.getcwd()
         options = ["--port", str(DEFAULT_PORT if port is None else port), *(["--host", host] if host else [])]
-        argv = [twistd_path(), "--nodaemon", "--pidfile=", "codebuddy", *options,
-                "--home", str(self.home), "--cwd", workspace]
+        argv = serve_argv([*options, "--home", str(self.home), "--cwd", workspace])
         path = user_unit_path(self.user_home)
         enable = [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", UNIT_NAME]]
         report: dict[str, Any] = {"unitPath": str(path), "written": False, "enabled": False,

@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from codebuddy.cli import twistd_path
 from codebuddy.web.errors import ApiError
 from codebuddy.workers.control import Terminator
 from codebuddy.workers.logs import read_tail
@@ -58,12 +59,6 @@ _log = Logger()
 def unit_paths() -> list[Path]:
     """Where a systemd unit for codebuddy is looked for (user unit first)."""
     return [user_unit_path(), Path("/etc/systemd/system/codebuddy.service")]
-
-
-def twistd_path() -> str:
-    """The ``twistd`` of this Python (beside ``sys.executable``), else the one on PATH."""
-    beside = Path(sys.executable).with_name("twistd")
-    return str(beside) if beside.exists() else "twistd"
 
 
 def daemon_log_path(home: Path) -> Path:
