@@ -1,12 +1,14 @@
 # -*- test-case-name: tests.runs.test_records -*-
 """
 Runs on disk: ``<home>/runs/<runId>.json`` holds a run's record (rewritten atomically at each
-state change) and ``<home>/runs/<runId>.events`` its stream's events (SSE frames without ids, written once the
-run has ended), so ``GET /runs/:id`` and the stream's replay survive a daemon restart.
+state change) and ``<home>/runs/<runId>.events`` its stream's events (SSE frames without ids,
+written once the run has ended), so ``GET /runs/:id`` and the stream's replay survive a daemon
+restart.
 
-A record left ``accepted`` or ``running`` by a daemon that died is marked ``failed`` with the
-reason (``INTERRUPTED``) when the next daemon starts, and its stream (whose events died with
-that daemon) replays a ``run.completed`` saying so: a run never vanishes.
+An active run also has an empty marker ``<home>/runs/active/<runId>``, so the next daemon reads
+only those records at start. A record left ``accepted`` or ``running`` by a daemon that died is
+marked ``failed`` with the reason (``INTERRUPTED``) when the next daemon starts, and its stream
+(whose events died with that daemon) replays a ``run.completed`` saying so: a run never vanishes.
 Every function here is blocking.
 """
 
@@ -119,9 +121,22 @@ class RunStore:
     def _path(self, run_id: str, suffix: str) -> Path:
         return self.root / f"{run_id}{suffix}"
 
+    def _marker(self, run_id: str) -> Path:
+        return self.root / "active" / run_id
+
     def save(self, record: RunRecord) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """
+        Write the record. An active run also has a marker in ``runs/active/`` (made before the
+        record, removed after it), so a new daemon finds the runs to mark interrupted without
+        reading every record ever written.
+        """
+        marker = self._marker(record.run_id)
+        marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if record.status in ACTIVE:
+            marker.touch()
         atomic_write(self._path(record.run_id, ".json"), dumps(unstructure(record)) + b"\n", mode=0o600)
+        if record.status not in ACTIVE:
+            marker.unlink(missing_ok=True)
 
     def load(self, run_id: str) -> RunRecord | None:
         if not valid_run_id(run_id):
@@ -159,14 +174,13 @@ class RunStore:
         """Mark the runs a previous daemon left active as failed (``INTERRUPTED``); the ones marked."""
         marked = []
         try:
-            names = os.listdir(self.root)
+            names = os.listdir(self.root / "active")
         except FileNotFoundError:
             return []
         for name in names:
-            if not name.endswith(".json"):
-                continue
-            record = self.load(name[: -len(".json")])
+            record = self.load(name)
             if record is None or record.status not in ACTIVE:
+                self._marker(name).unlink(missing_ok=True)
                 continue
             record.status = "failed"
             record.finished_at = now_ms

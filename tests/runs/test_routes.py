@@ -201,3 +201,16 @@ def test_session_busy_while_a_run_is_accepted_or_running(api: RunsFixture) -> No
     api.executor.finish(queued["runId"])
     api.clock.advance(0)
     assert not api.manager.session_busy("s1")
+
+
+def test_only_active_runs_are_marked(tmp_path: Path) -> None:
+    """An active run has a marker in runs/active/ until it is recorded as ended; a restart reads only those."""
+    (tmp_path / "ws").mkdir()
+    api = RunsFixture(tmp_path / "home", tmp_path / "ws")
+    run = start(api, {"text": "a"})
+    marker = tmp_path / "home" / "runs" / "active" / run["runId"]
+    assert marker.exists()
+    api.executor.finish(run["runId"])
+    api.clock.advance(0)
+    assert not marker.exists()
+    assert RunStore(tmp_path / "home").interrupted(0) == []
