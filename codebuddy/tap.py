@@ -327,26 +327,24 @@ def build_settings(config: Config, reactor: Any, guard: RequestGuard, daemon: Mu
 
 def build_runs(config: Config, reactor: Any, daemon: MultiService, environ: Mapping[str, str],
                processes: ProcessManager, sessions: SessionStore, checkpoints: CheckpointStore,
-               settings: SettingsStore) -> RunRoutes:
+               settings: SettingsStore, chat: ChatClient) -> RunRoutes:
     """
     The agent and the run table: runs recorded under <home>/runs, executed by the Agent over
     the model (treq), the process table (Bash), the transcripts and the checkpoints.
     """
     run_blocking = blocking_runner(reactor)
-    chat = ChatClient(make_http_client(reactor), reactor)
     agent = CodingAgent(config.home, config.workspace, environ, chat, sessions, checkpoints, settings, processes,
-                  run_blocking, reactor)
+                        run_blocking, reactor)
     manager = RunManager(RunStore(config.home), agent, reactor, run_blocking)
     manager.setServiceParent(daemon)
 
     return RunRoutes(manager, config.workspace, lambda: run_blocking(settings.merged), reactor)
 
 
-def build_templates(config: Config, reactor: Any, environ: Mapping[str, str]) -> TemplateRoutes:
+def build_templates(config: Config, reactor: Any, environ: Mapping[str, str], chat: ChatClient) -> TemplateRoutes:
     """Task templates: built-in, the user's, and the model's recommendations for the workspace."""
     run_blocking = blocking_runner(reactor)
-    recommender = Recommender(config.home, environ, ChatClient(make_http_client(reactor), reactor), reactor,
-                              run_blocking, resolve_model)
+    recommender = Recommender(config.home, environ, chat, reactor, run_blocking, resolve_model)
     return TemplateRoutes(TemplateCatalog(config.home), run_blocking, recommender, config.workspace)
 
 
@@ -399,7 +397,9 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
     sessions = build_sessions(config, reactor)
     checkpoints, internal_checkpoints = build_checkpoints(config, reactor, sessions.store,
                                                           busy=lambda session_id: runs.manager.session_busy(session_id))
-    runs = build_runs(config, reactor, daemon, environ, processes.manager, sessions.store, checkpoints.store, store)
+    chat = ChatClient(make_http_client(reactor), reactor)  # the model client of runs and task recommendations
+    runs = build_runs(config, reactor, daemon, environ, processes.manager, sessions.store, checkpoints.store, store,
+                      chat)
     areas: list[Any] = [
         SystemRoutes(system, guard),
         build_fs(config, reactor, guard, daemon),
@@ -411,7 +411,7 @@ def build_daemon(config: Config, reactor: Any, environ: Mapping[str, str]) -> Da
         sessions,
         checkpoints,
         runs,
-        build_templates(config, reactor, environ),
+        build_templates(config, reactor, environ, chat),
         build_plugins(config, reactor, environ, store),
     ]
     root, v1 = build_root(

@@ -26,6 +26,8 @@ run's ``permissionDenials``. Cancelling the run cancels the model request or the
 from __future__ import annotations
 
 import json
+import platform
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -228,9 +230,6 @@ class Agent:
         return "\n\n".join(parts)
 
     def _system(self, cwd: str, memory: str) -> dict[str, Any]:
-        import platform
-        import time
-
         text = SYSTEM_PROMPT.format(cwd=cwd, date=time.strftime("%Y-%m-%d", time.gmtime(self.clock.seconds())),
                                     platform=platform.system())
         if memory:
