@@ -248,7 +248,7 @@ class Commands:
     # -- daemon
 
     def _system_service(self) -> dict[str, Any]:
-        service = find_system_service([user_unit_path(self.user_home), *unit_paths()[1:]])
+        service = find_system_service(unit_paths(self.user_home))
         return {"installed": service.installed, "backend": service.backend, "configPath": service.config_path}
 
     def status(self, as_json: bool) -> int:

@@ -56,9 +56,9 @@ RELAUNCH_WAIT = 60.0
 _log = Logger()
 
 
-def unit_paths() -> list[Path]:
-    """Where a systemd unit for codebuddy is looked for (user unit first)."""
-    return [user_unit_path(), Path("/etc/systemd/system/codebuddy.service")]
+def unit_paths(user_home: Path | None = None) -> list[Path]:
+    """Where a systemd unit for codebuddy is looked for: the user unit (of ``user_home``), then the system one."""
+    return [user_unit_path(user_home), Path("/etc/systemd/system/codebuddy.service")]
 
 
 def daemon_log_path(home: Path) -> Path:
